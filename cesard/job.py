@@ -1,0 +1,331 @@
+"""Job and result types, and their JSON form.
+
+A job directory holds the audio, ``job.json`` (:class:`JobMeta`) and, once
+finished, ``result.json`` (built by :func:`make_result`). This module knows
+nothing of the spool layout or of whisper; it only validates and (de)serialises.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import socket
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+SCHEMA = 1
+PRIORITIES = ("high", "normal", "low")
+FORMATS = ("txt", "srt", "vtt", "json")
+TASKS = ("transcribe", "translate")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+LANG_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
+MAX_JOB_JSON_BYTES = 64 * 1024
+
+
+class JobError(Exception):
+    """A job-level failure. ``type`` goes to ``result.json`` as ``error.type``."""
+
+    type = "JobError"
+    retryable = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": str(self), "retryable": self.retryable}
+
+
+class InvalidJob(JobError):
+    type = "InvalidJob"
+
+
+class InvalidOption(JobError):
+    type = "InvalidOption"
+
+
+class UnsupportedFile(JobError):
+    type = "UnsupportedFile"
+
+
+class EmptyFile(JobError):
+    type = "EmptyFile"
+
+
+class FileTooLarge(JobError):
+    type = "FileTooLarge"
+
+
+class AudioTooLong(JobError):
+    type = "AudioTooLong"
+
+
+class UndecodableAudio(JobError):
+    type = "UndecodableAudio"
+
+
+class UnknownModel(JobError):
+    type = "UnknownModel"
+
+
+class Cancelled(JobError):
+    type = "Cancelled"
+
+
+class TransientError(JobError):
+    """A failure worth retrying: worker crash, timeout, model load, I/O."""
+
+    type = "TransientError"
+    retryable = True
+
+
+class WorkerCrashed(TransientError):
+    type = "WorkerCrashed"
+
+
+class JobTimeout(TransientError):
+    type = "JobTimeout"
+
+
+class ModelLoadError(TransientError):
+    type = "ModelLoadError"
+
+
+class EngineError(JobError):
+    type = "EngineError"
+
+
+def error_from_dict(d: dict[str, Any]) -> JobError:
+    """Rebuild an error sent by a worker (any ``type`` string is kept)."""
+    cls: type[JobError] = TransientError if d.get("retryable") else JobError
+    err = cls(str(d.get("message", "")))
+    err.type = str(d.get("type", cls.type))
+    return err
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iso(t: dt.datetime | float) -> str:
+    """UTC ISO 8601 with microseconds and a ``Z``."""
+    if isinstance(t, (int, float)):
+        t = dt.datetime.fromtimestamp(t, dt.UTC)
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(s: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def hostname() -> str:
+    """This host's name reduced to id-safe characters."""
+    name = os.environ.get("CESAR_HOST_ID") or socket.gethostname().split(".")[0]
+    return re.sub(r"[^A-Za-z0-9-]", "-", name)[:32] or "host"
+
+
+def new_job_id(now: dt.datetime | None = None) -> str:
+    """``20261124T031501.123456Z-host-4242-1a2b``: sorts by time, unique across hosts."""
+    now = now or utcnow()
+    stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{stamp}-{hostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def valid_id(job_id: str) -> bool:
+    return bool(ID_RE.match(job_id)) and job_id not in (".", "..")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Per-job transcription options, validated. Defaults come from config."""
+
+    model: str = "tiny.en"
+    language: str | None = None
+    task: str = "transcribe"
+    beam_size: int = 5
+    vad_filter: bool = True
+    word_timestamps: bool = False
+    initial_prompt: str | None = None
+    priority: str = "normal"
+    formats: tuple[str, ...] = ("txt",)
+    exclusive: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["formats"] = list(self.formats)
+        return d
+
+
+OPTION_NAMES = tuple(JobOptions.__dataclass_fields__)
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise InvalidOption(f"option {key!r}: {msg}")
+
+
+def parse_options(raw: Any, base: JobOptions | None = None, where: str = "job.json") -> JobOptions:
+    """Validate a mapping of options over ``base``; unknown keys are errors.
+
+    Raises :class:`InvalidOption` naming the key and what is allowed.
+    """
+    base = base or JobOptions()
+    if raw is None:
+        return base
+    if not isinstance(raw, dict):
+        raise InvalidOption(f"{where}: 'options' must be a mapping, got {type(raw).__name__}")
+    out: dict[str, Any] = {}
+    for key, val in raw.items():
+        if key not in OPTION_NAMES:
+            raise InvalidOption(
+                f"{where}: unknown option {key!r}; known options: {', '.join(OPTION_NAMES)}"
+            )
+        if key == "model":
+            _check(isinstance(val, str) and 0 < len(val) <= 200, key, "must be a model name")
+        elif key == "language":
+            _check(val is None or (isinstance(val, str) and bool(LANG_RE.match(val))), key,
+                   "must be null or a language code such as 'en'")
+        elif key == "task":
+            _check(val in TASKS, key, f"must be one of {', '.join(TASKS)}")
+        elif key == "beam_size":
+            _check(isinstance(val, int) and not isinstance(val, bool) and 1 <= val <= 20, key,
+                   "must be an integer from 1 to 20")
+        elif key in ("vad_filter", "word_timestamps", "exclusive"):
+            _check(isinstance(val, bool), key, "must be true or false")
+        elif key == "initial_prompt":
+            _check(val is None or (isinstance(val, str) and len(val) <= 2000), key,
+                   "must be null or a string of at most 2000 characters")
+        elif key == "priority":
+            _check(val in PRIORITIES, key, f"must be one of {', '.join(PRIORITIES)}")
+        elif key == "formats":
+            if isinstance(val, str):
+                val = [val]
+            _check(isinstance(val, list) and all(f in FORMATS for f in val), key,
+                   f"must be a list drawn from {', '.join(FORMATS)}")
+            val = tuple(dict.fromkeys(["txt", *val]))
+        out[key] = val
+    return replace(base, **out)
+
+
+@dataclass
+class JobMeta:
+    """The content of ``job.json``.
+
+    ``attempts`` counts attempts that ended (finished, failed, crashed); an
+    attempt interrupted by SIGTERM is not counted. ``errors`` keeps each failed
+    attempt's error so a dead letter shows its history.
+    """
+
+    id: str
+    options: dict[str, Any]
+    submitted_at: str
+    submitter: str = ""
+    source_name: str | None = None
+    attempts: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    not_before: str | None = None
+    schema: int = SCHEMA
+
+    def to_json(self) -> bytes:
+        d = {
+            "schema": self.schema, "id": self.id, "submitted_at": self.submitted_at,
+            "submitter": self.submitter, "source_name": self.source_name,
+            "options": self.options, "attempts": self.attempts, "errors": self.errors,
+            "not_before": self.not_before,
+        }
+        return (json.dumps(d, indent=2, ensure_ascii=False) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str = "job.json") -> JobMeta:
+        """Parse ``job.json``; raise :class:`InvalidJob` naming what is wrong."""
+        if len(data) > MAX_JOB_JSON_BYTES:
+            raise InvalidJob(f"{where} is larger than {MAX_JOB_JSON_BYTES} bytes")
+        try:
+            d = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidJob(f"{where} is not valid JSON ({e}); rewrite it or resubmit") from e
+        if not isinstance(d, dict):
+            raise InvalidJob(f"{where} must hold a JSON object")
+        known = {"schema", "id", "submitted_at", "submitter", "source_name", "options",
+                 "attempts", "errors", "not_before"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InvalidJob(f"{where}: unknown key {unknown[0]!r}; known keys: "
+                             f"{', '.join(sorted(known))}")
+        if d.get("schema", SCHEMA) != SCHEMA:
+            raise InvalidJob(f"{where}: unsupported schema {d.get('schema')!r} (expected {SCHEMA})")
+        job_id = d.get("id")
+        if not isinstance(job_id, str) or not valid_id(job_id):
+            raise InvalidJob(f"{where}: 'id' must use only [A-Za-z0-9._-], got {job_id!r}")
+        sub = d.get("submitted_at")
+        try:
+            parse_iso(str(sub))
+        except ValueError as e:
+            raise InvalidJob(
+                f"{where}: 'submitted_at' must be an ISO 8601 time, got {sub!r}") from e
+        src = d.get("source_name")
+        if src is not None and (not isinstance(src, str) or "/" in src or src in (".", "..")
+                                or src.startswith(".")):
+            raise InvalidJob(f"{where}: 'source_name' must be a plain file name, got {src!r}")
+        attempts = d.get("attempts", 0)
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+            raise InvalidJob(f"{where}: 'attempts' must be a non-negative integer")
+        errors = d.get("errors") or []
+        if not isinstance(errors, list):
+            raise InvalidJob(f"{where}: 'errors' must be a list")
+        opts = d.get("options") or {}
+        if not isinstance(opts, dict):
+            raise InvalidJob(f"{where}: 'options' must be a mapping")
+        return cls(id=job_id, options=opts, submitted_at=str(sub),
+                   submitter=str(d.get("submitter", "")), source_name=src,
+                   attempts=attempts, errors=errors, not_before=d.get("not_before"))
+
+
+def display_name(name: str) -> str:
+    """A file name safe for JSON and logs (undecodable bytes shown as \\xNN)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def make_result(
+    meta: JobMeta,
+    status: str,
+    options: JobOptions | None,
+    source: dict[str, Any] | None,
+    started_at: str | None,
+    finished_at: str,
+    worker: str,
+    attempts: int,
+    transcript: dict[str, Any] | None = None,
+    error: JobError | None = None,
+) -> dict[str, Any]:
+    """Build ``result.json`` (DESIGN.md §2) for a finished, failed or cancelled job."""
+    t = transcript or {}
+    queued_s = None
+    if started_at:
+        queued_s = round((parse_iso(started_at) - parse_iso(meta.submitted_at)).total_seconds(), 6)
+    transcribe_s = t.get("transcribe_s")
+    duration = t.get("duration")
+    rtf = None
+    if transcribe_s and duration:
+        rtf = round(duration / transcribe_s, 2)
+    return {
+        "schema": SCHEMA,
+        "id": meta.id,
+        "status": status,
+        "source": source,
+        "options": options.to_dict() if options else meta.options,
+        "submitted_at": meta.submitted_at,
+        "submitter": meta.submitter,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "attempts": attempts,
+        "worker": worker,
+        "language": t.get("language"),
+        "language_probability": t.get("language_probability"),
+        "duration": duration,
+        "text": t.get("text", ""),
+        "segments": t.get("segments", []),
+        "timings": {"queued_s": queued_s, "transcribe_s": transcribe_s, "realtime_factor": rtf},
+        "engine": t.get("engine"),
+        "error": error.to_dict() if error else None,
+        "errors": meta.errors + ([error.to_dict()] if error else []),
+    }

@@ -1,0 +1,88 @@
+"""``cesard``: the daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cesard import __version__
+from cesard import config as configmod
+from cesard.spool import Spool, SpoolError
+from cesard.supervisor import Supervisor
+from cesard.systemd import setup_logging
+
+EX_USAGE, EX_UNAVAILABLE, EX_SOFTWARE, EX_CANTCREAT, EX_CONFIG = 64, 69, 70, 73, 78
+log = logging.getLogger("cesard")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cesard", description="Transcription daemon fed through a spool directory.")
+    p.add_argument("--config", help="YAML configuration (default: $CESAR_CONFIG, then "
+                   "/etc/cesar/cesard.yaml, else built-in defaults)")
+    p.add_argument("--spool", help="spool directory (default: $CESAR_SPOOL, then the config, "
+                   "else /var/spool/cesar)")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration, print the effective one as JSON, exit")
+    p.add_argument("--init", action="store_true", help="create the spool layout and exit")
+    p.add_argument("--drain", action="store_true",
+                   help="process everything queued, then exit (non-zero if a job failed)")
+    p.add_argument("--detach", action="store_true",
+                   help="run in the background (without systemd); see --pidfile and --log-file")
+    p.add_argument("--pidfile", help="with --detach: write the daemon's pid here")
+    p.add_argument("--log-file", help="with --detach: append logs here (default: syslog)")
+    p.add_argument("--version", action="version", version=f"cesard {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = configmod.load(args.config)
+    except configmod.ConfigError as e:
+        print(f"cesard: configuration error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    cfg.spool = str(configmod.spool_path(cfg, args.spool))
+    if args.check_config:
+        print(json.dumps({"source": cfg.source, **cfg.to_dict()}, indent=2))
+        return 0
+    spool = Spool(cfg.spool)
+    if args.init:
+        try:
+            spool.create()
+        except OSError as e:
+            print(f"cesard: cannot create spool {spool.root}: {e.strerror}", file=sys.stderr)
+            return EX_CANTCREAT
+        print(spool.root)
+        return 0
+    if args.detach:
+        from cesard.daemonize import detach
+        return detach(lambda: _run(cfg, spool, args), args.pidfile, args.log_file,
+                      cfg.log_level)
+    setup_logging(cfg.log_level)
+    return _run(cfg, spool, args)
+
+
+def _run(cfg: configmod.Config, spool: Spool, args: argparse.Namespace) -> int:
+    try:
+        spool.create()
+    except OSError as e:
+        log.error("cannot create spool %s: %s; create it or fix its permissions",
+                  spool.root, e.strerror)
+        return EX_CANTCREAT
+    config_path = args.config or os.environ.get("CESAR_CONFIG") or (
+        str(configmod.DEFAULT_CONFIG) if Path(configmod.DEFAULT_CONFIG).exists() else None)
+    sup = Supervisor(cfg, spool, config_path, drain=args.drain)
+    try:
+        return sup.run()
+    except SpoolError as e:
+        log.error("%s", e)
+        return EX_UNAVAILABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

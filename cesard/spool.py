@@ -1,0 +1,602 @@
+"""The spool protocol. The directory is the state; this docstring is the protocol.
+
+Layout (all one filesystem)::
+
+    SPOOL/tmp/         writers build entries here, then publish with one rename
+    SPOOL/incoming/    queued jobs: ID/ (job dir) or NAME.EXT (bare audio file)
+    SPOOL/processing/  claimed jobs: ID/ with claim.json (the lease)
+    SPOOL/deferred/    jobs waiting for a retry; job.json 'not_before' says when
+    SPOOL/done/        finished jobs: audio, job.json, result.json, transcript.*
+    SPOOL/failed/      failed, cancelled or rejected jobs, same shape as done/
+    SPOOL/control/     requests (ACTION.ID.TOKEN.json) dropped like jobs
+    SPOOL/state/       status.json and metrics, written atomically
+
+Rules:
+
+* Publish: a file is written under a temporary name, fsynced, renamed into
+  place, and its directory fsynced (:func:`write_atomic`). A job directory is
+  built completely in ``tmp/`` and published into ``incoming/`` by one rename
+  (:func:`submit`). Nothing published is rewritten in place: ``job.json`` is
+  replaced by rename.
+* Order (:func:`entry_key`): priority (high, normal, low), then the submission
+  time from ``job.json`` (bare files: their mtime), then the name.
+* Claim (:func:`claim`): ``rename(incoming/ID, processing/ID)``. A bare file is
+  claimed by ``mkdir processing/ID`` + lease, then ``rename(incoming/NAME,
+  processing/ID/NAME)``, then ``job.json`` is written. ``rename`` is atomic, so
+  among racing claimers exactly one wins; losers get ENOENT and move on (and
+  remove their empty directory). A bare file is only taken once settled: after
+  inotify reported IN_CLOSE_WRITE/IN_MOVED_TO for it, or when a scan saw the
+  same size and mtime for ``settle_seconds``. Names starting with ``.`` or
+  ending in ``.part .tmp .partial ~`` are never taken.
+* Lease: ``processing/ID/claim.json`` names the claimer (host, boot id, pid,
+  the pid's start time, a per-start token) and a heartbeat time, refreshed
+  while the job runs. A claim is orphaned when its claimer is provably gone
+  (same host and boot, pid dead or reused; or same host, other boot) or its
+  heartbeat is older than ``lease_seconds``. An entry with no lease yet counts
+  from its ctime.
+* Recovery (:func:`recover`, at start-up and then periodically for leases of
+  other hosts): an orphaned entry is first stolen by renaming it to
+  ``processing/ID~rTOKEN`` (exactly one recoverer wins), then ``attempts`` is
+  raised by one and it is renamed back to ``incoming/ID`` (keeping its
+  submission time, so its place) or, past ``max_attempts``, to ``failed/ID``.
+* Finish (:func:`finish`): outputs are written into ``processing/ID``, the
+  lease removed, then ``rename(processing/ID, done|failed/ID)``.
+* Requeue on shutdown (:func:`requeue`): ``rename(processing/ID,
+  incoming/ID)`` without counting an attempt. Defer (:func:`defer`):
+  ``job.json`` gets ``not_before``, then ``rename(processing/ID,
+  deferred/ID)``; :func:`undefer` renames it back when due.
+* Hostile entries (symlinks, FIFOs, devices, sockets, empty or oversized
+  files, bad ``job.json``) are claimed like any other entry (rename never
+  follows or opens them) and finished into ``failed/`` with an error. Nothing
+  here opens a file without ``O_NOFOLLOW | O_NONBLOCK`` and an ``fstat`` check.
+
+This module imports nothing of cesard but :mod:`cesard.job`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cesard import job as jobmod
+from cesard.job import JobMeta
+
+STATES = ("incoming", "processing", "deferred", "done", "failed")
+DIRS = ("tmp", *STATES, "control", "state")
+IGNORED_SUFFIXES = (".part", ".tmp", ".partial", "~")
+LEASE = "claim.json"
+META = "job.json"
+RESULT = "result.json"
+RESERVED = {META, LEASE, RESULT}
+PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
+
+
+class SpoolError(Exception):
+    """The spool itself is missing or unusable (not a job's fault)."""
+
+
+# --- durable file primitives -------------------------------------------------
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(directory: Path, name: str, data: bytes, mode: int = 0o660,
+                 durable: bool = True) -> None:
+    """Write ``directory/name`` by temp file + rename (+ fsync when durable)."""
+    tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / name)
+    if durable:
+        fsync_dir(directory)
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """Read a regular file without following links or blocking on FIFOs."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise jobmod.InvalidJob(f"{path.name} is not a regular file")
+        if st.st_size > limit:
+            raise jobmod.InvalidJob(f"{path.name} is larger than {limit} bytes")
+        return os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+
+
+def is_ignored_name(name: str) -> bool:
+    """Names a writer is still working on: never taken from incoming/."""
+    return name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
+
+
+# --- leases -------------------------------------------------------------------
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def pid_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # The command name may hold spaces and parens: split after the last ')'.
+    fields = data[data.rfind(b")") + 2:].split()
+    return int(fields[19])
+
+
+@dataclass(frozen=True)
+class Claimer:
+    """Who holds a claim: one daemon start on one host."""
+
+    host: str
+    boot_id: str
+    pid: int
+    pid_start: int | None
+    token: str
+
+    @classmethod
+    def me(cls) -> Claimer:
+        pid = os.getpid()
+        return cls(jobmod.hostname(), boot_id(), pid, pid_start(pid), secrets.token_hex(6))
+
+    @property
+    def worker_name(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+    def lease(self, now: float) -> bytes:
+        d = {"host": self.host, "boot_id": self.boot_id, "pid": self.pid,
+             "pid_start": self.pid_start, "token": self.token, "heartbeat": now}
+        return json.dumps(d).encode()
+
+
+def lease_orphaned(lease: dict[str, Any] | None, since: float, me: Claimer, now: float,
+                   lease_seconds: float) -> bool:
+    """True when the claim's holder is gone (see the module docstring)."""
+    if lease is None:
+        return now - since > lease_seconds
+    if lease.get("token") == me.token:
+        return False
+    if lease.get("host") == me.host:
+        if lease.get("boot_id") != me.boot_id:
+            return True
+        pid = lease.get("pid")
+        if not isinstance(pid, int):
+            return True
+        if pid == me.pid:
+            return True  # an earlier start of this daemon, same pid reused
+        return pid_start(pid) != lease.get("pid_start")
+    heartbeat = lease.get("heartbeat")
+    if not isinstance(heartbeat, (int, float)):
+        return now - since > lease_seconds
+    return now - heartbeat > lease_seconds
+
+
+# --- the spool ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    """An entry of incoming/ as the queue sees it."""
+
+    name: str
+    is_dir: bool
+    key: tuple[int, str, str]
+
+
+@dataclass
+class Claimed:
+    """A claimed job: its directory in processing/ and what it holds."""
+
+    id: str
+    path: Path
+    meta: JobMeta | None
+    bare: bool
+
+
+class Spool:
+    """A spool directory. All methods take and return names, never client paths."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Spool({str(self.root)!r})"
+
+    def dir(self, state: str) -> Path:
+        return self.root / state
+
+    def create(self) -> None:
+        """Create the layout (idempotent). Existing modes are left alone."""
+        for d in DIRS:
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+
+    def check(self) -> None:
+        """Raise :class:`SpoolError` naming the missing part of the layout."""
+        for d in DIRS:
+            p = self.root / d
+            if not p.is_dir():
+                raise SpoolError(f"spool {self.root}: {p} is missing; run 'cesard --init "
+                                 f"--spool {self.root}' or start the daemon once to create it")
+
+    # --- writers ------------------------------------------------------------
+
+    def submit(self, audio: Path, options: dict[str, Any], submitter: str,
+               name: str | None = None) -> str:
+        """Publish a job directory for ``audio``; return its id.
+
+        The directory is built in tmp/, every file fsynced, then renamed into
+        incoming/ in one step: readers never see a half-built job.
+        """
+        job_id = jobmod.new_job_id()
+        name = name or audio.name
+        if is_ignored_name(name) or name in RESERVED or "/" in name:
+            name = "audio" + (Path(name).suffix if Path(name).suffix.isascii() else "")
+        build = self.dir("tmp") / job_id
+        build.mkdir(mode=0o770)
+        os.chmod(build, 0o2770 if self.dir("tmp").stat().st_mode & stat.S_ISGID else 0o770)
+        try:
+            with open(audio, "rb") as src, open(build / name, "xb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.chmod(build / name, 0o660)
+            meta = JobMeta(id=job_id, options=options, submitted_at=jobmod.iso(jobmod.utcnow()),
+                           submitter=submitter, source_name=name)
+            write_atomic(build, META, meta.to_json())
+            os.rename(build, self.dir("incoming") / job_id)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        fsync_dir(self.dir("incoming"))
+        return job_id
+
+    def request(self, action: str, job_id: str, by: str) -> str:
+        """Drop a control request (``cancel``, ``retry``) for the daemon."""
+        if not jobmod.valid_id(job_id):
+            raise ValueError(f"invalid job id {job_id!r}")
+        name = f"{action}.{job_id}.{secrets.token_hex(3)}.json"
+        data = json.dumps({"action": action, "id": job_id, "by": by,
+                           "at": jobmod.iso(jobmod.utcnow())}).encode()
+        write_atomic(self.dir("tmp"), name, data)
+        os.rename(self.dir("tmp") / name, self.dir("control") / name)
+        return name
+
+    # --- the queue ----------------------------------------------------------
+
+    def entry_key(self, name: str) -> Entry | None:
+        """Order key of ``incoming/name``, or None if it is gone or ignored."""
+        if is_ignored_name(name):
+            return None
+        path = self.dir("incoming") / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            prio, when = "normal", jobmod.iso(st.st_mtime)
+            try:
+                meta = JobMeta.from_json(read_small(path / META, jobmod.MAX_JOB_JSON_BYTES))
+                when = meta.submitted_at
+                p = meta.options.get("priority")
+                prio = p if p in PRIORITY_RANK else "normal"
+            except (OSError, jobmod.JobError):
+                pass  # a bad job still queues; the claim fails it with the reason
+            return Entry(name, True, (PRIORITY_RANK[prio], when, name))
+        return Entry(name, False, (PRIORITY_RANK["normal"], jobmod.iso(st.st_mtime), name))
+
+    def scan(self, state: str = "incoming") -> Iterator[str]:
+        """Names in a state directory (one listing; no ordering)."""
+        with os.scandir(self.dir(state)) as it:
+            for e in it:
+                yield e.name
+
+    def claim(self, entry: Entry, me: Claimer, now: float) -> Claimed | None:
+        """Claim ``entry`` by rename; None if another claimer won (or it vanished)."""
+        src = self.dir("incoming") / entry.name
+        proc = self.dir("processing")
+        if entry.is_dir:
+            if not jobmod.valid_id(entry.name):
+                job_id = jobmod.new_job_id()
+            else:
+                job_id = entry.name
+            dst = proc / job_id
+            try:
+                os.rename(src, dst)
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    # A job of that id is already running: take this one under a new id.
+                    job_id = jobmod.new_job_id()
+                    dst = proc / job_id
+                    try:
+                        os.rename(src, dst)
+                    except FileNotFoundError:
+                        return None
+                else:
+                    raise
+            write_atomic(dst, LEASE, me.lease(now), durable=False)
+            fsync_dir(proc)
+            return Claimed(job_id, dst, None, bare=False)
+        job_id = jobmod.new_job_id()
+        dst = proc / job_id
+        dst.mkdir(mode=0o770)
+        write_atomic(dst, LEASE, me.lease(now), durable=False)
+        try:
+            st = os.lstat(src)
+            os.rename(src, dst / entry.name)
+        except FileNotFoundError:
+            shutil.rmtree(dst, ignore_errors=True)
+            return None
+        name = entry.name
+        meta = JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(st.st_mtime),
+                       submitter=_owner(st.st_uid), source_name=name)
+        write_atomic(dst, META, meta.to_json())
+        fsync_dir(proc)
+        return Claimed(job_id, dst, meta, bare=True)
+
+    def heartbeat(self, job_id: str, me: Claimer, now: float) -> None:
+        """Refresh a running job's lease (not durable: a lost heartbeat is harmless)."""
+        try:
+            write_atomic(self.dir("processing") / job_id, LEASE, me.lease(now), durable=False)
+        except FileNotFoundError:
+            pass
+
+    def read_meta(self, job_dir: Path) -> JobMeta:
+        """``job.json`` of a claimed job, validated; raises InvalidJob naming the problem."""
+        try:
+            data = read_small(job_dir / META, jobmod.MAX_JOB_JSON_BYTES)
+        except FileNotFoundError as e:
+            raise jobmod.InvalidJob(
+                f"job directory {job_dir.name} has no job.json; submit audio with "
+                "'cesarctl submit' or copy a bare audio file into incoming/") from e
+        except OSError as e:
+            raise jobmod.InvalidJob(f"cannot read job.json of {job_dir.name}: {e}") from e
+        return JobMeta.from_json(data, where=f"{job_dir.name}/job.json")
+
+    def find_audio(self, job_dir: Path, meta: JobMeta, max_bytes: int) -> tuple[str, int]:
+        """Name and size of the job's audio, checked with lstat only.
+
+        Raises UnsupportedFile, EmptyFile or FileTooLarge naming the file.
+        """
+        names = [n for n in os.listdir(job_dir) if n not in RESERVED and not n.startswith(".")]
+        if meta.source_name is not None:
+            if meta.source_name not in names:
+                raise jobmod.InvalidJob(
+                    f"job.json names audio {meta.source_name!r} but the job directory has no "
+                    "such file")
+            name = meta.source_name
+        elif len(names) == 1:
+            name = names[0]
+        else:
+            raise jobmod.InvalidJob(
+                f"job directory holds {len(names)} candidate audio files "
+                f"({', '.join(map(jobmod.display_name, names[:5]))}); put exactly one, or name "
+                "it in job.json 'source_name'")
+        st = os.lstat(job_dir / name)
+        shown = jobmod.display_name(name)
+        if stat.S_ISLNK(st.st_mode):
+            raise jobmod.UnsupportedFile(
+                f"{shown} is a symbolic link; copy the audio itself into incoming/ "
+                "(links are never followed)")
+        if not stat.S_ISREG(st.st_mode):
+            raise jobmod.UnsupportedFile(f"{shown} is a {_kind(st.st_mode)}, not a regular "
+                                         "file; only regular audio files are transcribed")
+        if st.st_size == 0:
+            raise jobmod.EmptyFile(f"{shown} is empty (0 bytes); copy the complete file again")
+        if max_bytes and st.st_size > max_bytes:
+            raise jobmod.FileTooLarge(
+                f"{shown} has {st.st_size} bytes, more than max_file_bytes={max_bytes}; "
+                "split it or raise max_file_bytes")
+        return name, st.st_size
+
+    # --- moves ---------------------------------------------------------------
+
+    def _replace_meta(self, job_dir: Path, meta: JobMeta) -> None:
+        write_atomic(job_dir, META, meta.to_json())
+
+    def _clear_outputs(self, job_dir: Path) -> None:
+        for n in os.listdir(job_dir):
+            if n in (LEASE, RESULT) or n.startswith("transcript.") or n.startswith("."):
+                p = job_dir / n
+                if not p.is_dir():
+                    p.unlink(missing_ok=True)
+
+    def _move(self, src: Path, state: str, job_id: str) -> Path:
+        """Rename a job dir into ``state``; a clashing name gets a suffix (never overwrite)."""
+        dst = self.dir(state) / job_id
+        for _ in range(100):
+            try:
+                os.rename(src, dst)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                dst = self.dir(state) / f"{job_id}.{secrets.token_hex(2)}"
+        fsync_dir(self.dir(state))
+        return dst
+
+    def finish(self, job_id: str, state: str, result: dict[str, Any],
+               outputs: dict[str, bytes], keep_audio: bool, audio: str | None,
+               src: Path | None = None) -> Path:
+        """Write result and outputs into the job dir, then rename it to done/ or failed/."""
+        assert state in ("done", "failed")
+        job_dir = src or self.dir("processing") / job_id
+        for name, data in outputs.items():
+            write_atomic(job_dir, name, data, mode=0o640, durable=False)
+        write_atomic(job_dir, RESULT,
+                     (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode(),
+                     mode=0o640, durable=False)
+        if not keep_audio and audio:
+            (job_dir / audio).unlink(missing_ok=True)
+        (job_dir / LEASE).unlink(missing_ok=True)
+        # One fsync of the directory covers the outputs' renames above; the data
+        # of each was written before it, so fsync the files' data first.
+        for name in (*outputs, RESULT):
+            fd = os.open(job_dir / name, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(job_dir)
+        return self._move(job_dir, state, job_id)
+
+    def requeue(self, job_id: str, meta: JobMeta | None = None) -> Path:
+        """Put a claimed job back in incoming/ (its place is kept by submitted_at)."""
+        job_dir = self.dir("processing") / job_id
+        if meta is not None:
+            self._replace_meta(job_dir, meta)
+        self._clear_outputs(job_dir)
+        return self._move(job_dir, "incoming", job_id)
+
+    def defer(self, job_id: str, meta: JobMeta) -> Path:
+        """Move a claimed job to deferred/ with ``meta.not_before`` set."""
+        job_dir = self.dir("processing") / job_id
+        self._replace_meta(job_dir, meta)
+        self._clear_outputs(job_dir)
+        return self._move(job_dir, "deferred", job_id)
+
+    def undefer(self, name: str) -> bool:
+        """deferred/name → incoming/name; False if someone else moved it."""
+        try:
+            os.rename(self.dir("deferred") / name, self.dir("incoming") / name)
+        except FileNotFoundError:
+            return False
+        fsync_dir(self.dir("incoming"))
+        return True
+
+    def due(self, name: str, now: float) -> float | None:
+        """When deferred/name is due (epoch seconds), or None if unreadable."""
+        try:
+            meta = self.read_meta(self.dir("deferred") / name)
+        except jobmod.JobError:
+            return None
+        if not meta.not_before:
+            return 0.0
+        return jobmod.parse_iso(meta.not_before).timestamp()
+
+    def steal(self, name: str) -> Path | None:
+        """Take an orphaned processing/ entry for recovery (exactly one wins)."""
+        base = name.split("~", 1)[0]
+        dst = self.dir("processing") / f"{base}~r{secrets.token_hex(3)}"
+        try:
+            os.rename(self.dir("processing") / name, dst)
+        except FileNotFoundError:
+            return None
+        return dst
+
+    def orphans(self, me: Claimer, now: float, lease_seconds: float) -> list[str]:
+        """Entries of processing/ whose claimer is gone."""
+        out = []
+        for name in self.scan("processing"):
+            path = self.dir("processing") / name
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            since = max(st.st_mtime, st.st_ctime)
+            if not stat.S_ISDIR(st.st_mode):
+                out.append(name)
+                continue
+            try:
+                lease = json.loads(read_small(path / LEASE, 4096))
+                if not isinstance(lease, dict):
+                    lease = None
+            except (OSError, ValueError, jobmod.JobError):
+                lease = None
+            if lease is None:
+                try:
+                    if not any(True for _ in os.scandir(path)):
+                        os.rmdir(path)  # a claim of a bare file that never got its file
+                        continue
+                except OSError:
+                    pass
+            if lease_orphaned(lease, since, me, now, lease_seconds):
+                out.append(name)
+        return out
+
+    def recover(self, name: str, max_attempts: int, now: float, reason: str) -> tuple[str, str]:
+        """Recover one orphaned processing/ entry; return (new state, id) or ("", "")."""
+        stolen = self.steal(name)
+        if stolen is None:
+            return "", ""
+        base = name.split("~", 1)[0]
+        if not stolen.is_dir() or stolen.is_symlink():
+            os.rename(stolen, self.dir("incoming") / base)  # the claim will reject it
+            return "incoming", base
+        try:
+            meta = self.read_meta(stolen)
+        except jobmod.JobError:
+            self._clear_outputs(stolen)
+            return "incoming", self._move(stolen, "incoming", base).name
+        meta.attempts += 1
+        err = jobmod.WorkerCrashed(reason)
+        if meta.attempts >= max_attempts:
+            err = jobmod.WorkerCrashed(f"{reason}; gave up after {meta.attempts} attempts "
+                                       f"(max_attempts={max_attempts})")
+            self._clear_outputs(stolen)
+            result = jobmod.make_result(meta, "failed", None, None, None, jobmod.iso(now), "",
+                                        meta.attempts, error=err)
+            return "failed", self.finish(base, "failed", result, {}, True, None, stolen).name
+        meta.errors.append(err.to_dict())
+        self._clear_outputs(stolen)
+        self._replace_meta(stolen, meta)
+        return "incoming", self._move(stolen, "incoming", base).name
+
+    def locate(self, job_id: str) -> tuple[str, Path] | None:
+        """The state and path of a job by id, or None."""
+        if not jobmod.valid_id(job_id):
+            return None
+        for state in STATES:
+            p = self.dir(state) / job_id
+            if os.path.lexists(p):
+                return state, p
+        return None
+
+
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        return str(uid)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return "special file"
+
+
+def now() -> float:
+    return time.time()

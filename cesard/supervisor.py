@@ -1,0 +1,869 @@
+"""The supervisor: one event loop that claims jobs, feeds workers and finishes results.
+
+It never imports faster-whisper. Signal handlers only set flags and wake the
+loop through a pipe; :meth:`Supervisor.run_once` does the work and can be
+stepped with an explicit ``now``.
+
+Shutdown (DESIGN.md I5): the first SIGTERM/SIGINT stops claiming; running
+jobs get ``shutdown_grace`` seconds, then their workers are killed and the
+jobs go back to ``incoming/`` without an attempt counted; exit status 0. A
+second SIGTERM/SIGINT requeues at once. SIGHUP re-reads the configuration.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cesard import config as configmod
+from cesard import job as jobmod
+from cesard import outputs
+from cesard.index import Pending, QueueIndex
+from cesard.job import JobMeta, JobOptions
+from cesard.spool import Claimed, Claimer, Entry, Spool
+from cesard.systemd import Notifier
+from cesard.watch import Watcher
+
+log = logging.getLogger("cesard")
+
+# Config keys whose change needs new worker processes.
+WORKER_KEYS = ("engine", "workers", "cpu_threads", "compute_type", "models", "preload_models",
+               "max_audio_seconds", "worker_memory_limit", "log_level")
+
+
+@dataclass
+class Running:
+    """A claimed job, from claim until it is finished, requeued or deferred."""
+
+    id: str
+    path: Path
+    meta: JobMeta
+    options: JobOptions
+    audio: str
+    size: int
+    started_at: str
+    started: float
+    deadline: float
+    fraction: float = 0.0
+    duration: float | None = None
+
+
+@dataclass
+class WorkerProc:
+    proc: subprocess.Popen[bytes]
+    reply_fd: int
+    generation: int
+    spawned: float
+    ready: bool = False
+    job: Running | None = None
+    served: int = 0
+    retiring: bool = False
+    buf: bytearray = field(default_factory=bytearray)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+class StartupError(Exception):
+    """The daemon cannot start (a model failed to load, the spool is unusable)."""
+
+
+class Supervisor:
+    def __init__(self, cfg: configmod.Config, spool: Spool, config_path: str | None = None,
+                 notifier: Notifier | None = None, drain: bool = False) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.config_path = config_path
+        self.notify = notifier or Notifier()
+        self.drain = drain
+        self.me = Claimer.me()
+        self.index = QueueIndex()
+        self.deferred: dict[str, float] = {}
+        self.workers: list[WorkerProc] = []
+        self.generation = 0
+        self.held: Running | None = None  # an exclusive job waiting for the others
+        self.watcher: Watcher | None = None
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.exit_code: int | None = None
+        self.ready_sent = False
+        self.started = time.time()
+        self.counts = {"done": 0, "failed": 0, "cancelled": 0}
+        self.failures_seen = 0
+        self.disk_full_until = 0.0
+        self.disk_full_logged = False
+        self.next_rescan = 0.0
+        self.next_heartbeat = 0.0
+        self.next_recover = 0.0
+        self.next_status = 0.0
+        self.status_dirty = True
+        self.spawn_backoff = 0.0
+        self._signals: list[int] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # --- signals ------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)  # the loop acts; see _handle_signals
+
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w)
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, self._on_signal)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _handle_signals(self, now: float) -> None:
+        while self._signals:
+            s = self._signals.pop(0)
+            if s == signal.SIGHUP:
+                self.reload()
+            elif not self.stopping:
+                log.info("received %s: no new claims; running jobs get %.0f s "
+                         "(shutdown_grace) before they are requeued",
+                         signal.Signals(s).name, self.cfg.shutdown_grace)
+                self.begin_stop(now)
+            else:
+                log.info("received %s again: requeueing running jobs now",
+                         signal.Signals(s).name)
+                self.stop_deadline = now
+
+    def begin_stop(self, now: float) -> None:
+        self.stopping = True
+        self.stop_deadline = now + self.cfg.shutdown_grace
+        self.notify.stopping()
+        if self.held is not None:
+            self._requeue(self.held, "shutting down")
+            self.held = None
+        for w in self.workers:
+            if w.job is None:
+                self._close_worker(w)
+
+    # --- start-up -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create/check the spool, recover, start workers and wait until they are ready."""
+        self.spool.create()
+        self.spool.check()
+        now = time.time()
+        self.recover(now, startup=True)
+        self.watcher = Watcher(self.spool.root, self.cfg.watch)
+        self.rescan(now)
+        self._count_finished()
+        for _ in range(self.cfg.worker_count):
+            self._spawn()
+        log.info("started: spool %s, engine %s, %d worker(s), %d job(s) queued, watch %s",
+                 self.spool.root, self.cfg.engine, len(self.workers), len(self.index),
+                 "poll" if self.watcher.polling else "inotify")
+
+    def recover(self, now: float, startup: bool = False) -> None:
+        """Return orphaned claims to incoming/ (I4). Only this method recovers."""
+        for name in self.spool.orphans(self.me, now, self.cfg.lease_seconds):
+            reason = ("the daemon holding this job stopped without finishing it"
+                      if startup else "the claim's lease expired (its daemon is gone)")
+            state, job_id = self.spool.recover(name, self.cfg.max_attempts, now, reason)
+            if state == "incoming":
+                log.warning("job=%s recovered from processing/ (%s); queued again", job_id,
+                            reason)
+                self._index_name(job_id, now, settled=True)
+            elif state == "failed":
+                log.error("job=%s failed: WorkerCrashed: %s; gave up after max_attempts=%d",
+                          job_id, reason, self.cfg.max_attempts)
+                self.counts["failed"] += 1
+
+    def _count_finished(self) -> None:
+        for state in ("done", "failed"):
+            self.counts[state] = sum(1 for _ in self.spool.scan(state))
+
+    # --- workers ------------------------------------------------------------------
+
+    def _spawn(self) -> WorkerProc:
+        cfg = self.cfg
+        r, w = os.pipe()
+        preload = list(dict.fromkeys([cfg.job_defaults().model, *cfg.preload_models]))
+        cmd = [sys.executable, "-m", "cesard.worker", "--engine", cfg.engine,
+               "--models", json.dumps(cfg.model_dirs), "--compute-type", cfg.compute_type,
+               "--cpu-threads", str(cfg.cpu_threads),
+               "--max-audio-seconds", str(cfg.max_audio_seconds),
+               "--memory-limit", str(cfg.worker_memory_limit),
+               "--reply-fd", str(w), "--log-level", cfg.log_level]
+        for m in preload:
+            cmd += ["--preload", m]
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
+        env.setdefault("OMP_NUM_THREADS", str(cfg.cpu_threads))
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=(w,), env=env,
+                                close_fds=True)
+        os.close(w)
+        os.set_blocking(r, False)
+        wp = WorkerProc(proc, r, self.generation, time.time())
+        self.workers.append(wp)
+        log.debug("worker %d started", proc.pid)
+        return wp
+
+    def _close_worker(self, w: WorkerProc) -> None:
+        """Ask an idle worker to exit (EOF on its stdin)."""
+        if w.proc.stdin and not w.proc.stdin.closed:
+            try:
+                w.proc.stdin.close()
+            except OSError:
+                pass
+
+    def _kill_worker(self, w: WorkerProc) -> None:
+        try:
+            w.proc.kill()
+        except ProcessLookupError:
+            pass
+        w.proc.wait()
+        self._reap(w)
+
+    def _reap(self, w: WorkerProc) -> None:
+        if w in self.workers:
+            self.workers.remove(w)
+        os.close(w.reply_fd)
+        self._close_worker(w)
+
+    def _read_worker(self, w: WorkerProc, now: float) -> None:
+        while True:
+            try:
+                chunk = os.read(w.reply_fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self._worker_gone(w, now)
+                return
+            w.buf += chunk
+        while b"\n" in w.buf:
+            line, _, rest = bytes(w.buf).partition(b"\n")
+            w.buf = bytearray(rest)
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                log.error("worker %d sent a malformed message; replacing it", w.pid)
+                self._kill_worker(w)
+                return
+            self._on_message(w, msg, now)
+
+    def _worker_gone(self, w: WorkerProc, now: float) -> None:
+        code = w.proc.wait()
+        self._reap(w)
+        job = w.job
+        if job is not None:
+            sig = f"signal {-code}" if code < 0 else f"status {code}"
+            log.warning("job=%s worker %d died (%s) while transcribing %s", job.id, w.pid, sig,
+                        jobmod.display_name(job.audio))
+            self._retry_or_fail(job, jobmod.WorkerCrashed(
+                f"the worker process died ({sig}) while transcribing "
+                f"{jobmod.display_name(job.audio)}"), now)
+        elif not w.ready and not self.stopping:
+            log.error("worker %d exited (status %d) before it was ready", w.pid, code)
+        elif not self.stopping and not w.retiring:
+            log.warning("worker %d exited unexpectedly (status %d)", w.pid, code)
+
+    def _on_message(self, w: WorkerProc, msg: dict[str, Any], now: float) -> None:
+        op = msg.get("op")
+        if op == "ready":
+            w.ready = True
+            self.spawn_backoff = 0.0
+            log.debug("worker %d ready", w.pid)
+            return
+        if op == "fatal":
+            err = msg.get("error", {})
+            raise StartupError(f"worker could not start: {err.get('type')}: {err.get('message')}")
+        job = w.job
+        if job is None or msg.get("id") != job.id:
+            return
+        if op == "progress":
+            job.fraction = float(msg.get("fraction", 0.0))
+            if msg.get("duration") is not None:
+                job.duration = float(msg["duration"])
+                if not self.cfg.job_timeout:
+                    job.deadline = job.started + max(120.0, 3.0 * job.duration)
+            self.status_dirty = True
+            return
+        w.job = None
+        w.served += 1
+        source = msg.get("source")
+        if op == "done":
+            transcript = dict(msg["transcript"])
+            transcript["transcribe_s"] = msg.get("transcribe_s")
+            self._finish(job, "done", source, transcript, None, now)
+        elif op == "error":
+            err = jobmod.error_from_dict(msg.get("error", {}))
+            if err.retryable:
+                self._retry_or_fail(job, err, now)
+            else:
+                self._finish(job, "failed", source, None, err, now)
+        if self.cfg.max_jobs_per_worker and w.served >= self.cfg.max_jobs_per_worker:
+            w.retiring = True
+        if w.retiring or self.stopping:
+            self._close_worker(w)
+
+    def _keep_workers(self, now: float) -> None:
+        """Replace workers that exited; retire idle ones of an old generation."""
+        for w in list(self.workers):
+            if w.generation != self.generation and w.job is None and not w.retiring:
+                w.retiring = True
+                self._close_worker(w)
+        if self.stopping or now < self.spawn_backoff:
+            return
+        live = [w for w in self.workers if not w.retiring]
+        if len(live) < self.cfg.worker_count:
+            for _ in range(self.cfg.worker_count - len(live)):
+                self._spawn()
+            if not self.ready_sent:
+                return
+            # Back off if workers keep dying before they are ready.
+            self.spawn_backoff = now + 1.0
+
+    # --- the queue ----------------------------------------------------------------
+
+    def _index_name(self, name: str, now: float, settled: bool) -> None:
+        entry = self.spool.entry_key(name)
+        if entry is None:
+            self.index.discard(name)
+            return
+        if entry.is_dir or settled:
+            self.index.add(entry)
+            return
+        try:
+            st = os.lstat(self.spool.dir("incoming") / name)
+        except FileNotFoundError:
+            self.index.discard(name)
+            return
+        seen = self.index.pending.get(name)
+        if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            self.index.pending[name] = Pending(st.st_size, st.st_mtime_ns, now)
+        elif now - seen.since >= self.cfg.settle_seconds:
+            self.index.add(entry)
+
+    def rescan(self, now: float) -> None:
+        """List incoming/ and deferred/ once; new entries join the index."""
+        names = set(self.spool.scan("incoming"))
+        for gone in self.index.names() - names:
+            self.index.discard(gone)
+        for gone in set(self.index.pending) - names:
+            self.index.pending.pop(gone, None)
+        known = self.index.names()
+        for name in names - known:
+            self._index_name(name, now, settled=False)
+        deferred = set(self.spool.scan("deferred"))
+        for name in deferred - set(self.deferred):
+            due = self.spool.due(name, now)
+            self.deferred[name] = now if due is None else due
+        for gone in set(self.deferred) - deferred:
+            del self.deferred[gone]
+        self.status_dirty = True
+
+    def _on_events(self, now: float) -> None:
+        if self.watcher is None:
+            return
+        for ev in self.watcher.read():
+            if ev.where == "control":
+                if not ev.removed:
+                    self._control(ev.name, now)
+            elif ev.removed:
+                self.index.discard(ev.name)
+            else:
+                self._index_name(ev.name, now, settled=ev.settled)
+            self.status_dirty = True
+        if self.watcher.overflowed:
+            self.watcher.overflowed = False
+            log.warning("inotify queue overflowed; rescanning the spool")
+            self.rescan(now)
+
+    def _undefer(self, now: float) -> None:
+        for name, due in list(self.deferred.items()):
+            if due <= now:
+                del self.deferred[name]
+                if self.spool.undefer(name):
+                    log.info("job=%s retry is due; queued again", name)
+                    self._index_name(name, now, settled=True)
+
+    def _check_pending(self, now: float) -> None:
+        for name in list(self.index.pending):
+            self._index_name(name, now, settled=False)
+
+    # --- claiming -----------------------------------------------------------------
+
+    def _idle_workers(self) -> list[WorkerProc]:
+        return [w for w in self.workers if w.ready and w.job is None and not w.retiring
+                and w.generation == self.generation]
+
+    def _busy(self) -> list[WorkerProc]:
+        return [w for w in self.workers if w.job is not None]
+
+    def dispatch(self, now: float) -> None:
+        """Claim jobs for idle workers, in queue order."""
+        if self.stopping or now < self.disk_full_until:
+            return
+        while True:
+            idle = self._idle_workers()
+            if not idle:
+                return
+            busy = self._busy()
+            if self.held is not None:
+                if busy:
+                    return
+                held, self.held = self.held, None
+                self._send(idle[0], held, now)
+                continue
+            if any(w.job.options.exclusive for w in busy if w.job):
+                return
+            entry = self.index.pop()
+            if entry is None:
+                return
+            job = self._claim(entry, now)
+            if job is None:
+                continue
+            if job.options.exclusive and busy:
+                log.info("job=%s is exclusive: waiting for %d running job(s)", job.id, len(busy))
+                self.held = job
+                return
+            self._send(idle[0], job, now)
+
+    def _claim(self, entry: Entry, now: float) -> Running | None:
+        try:
+            claimed = self.spool.claim(entry, self.me, now)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._disk_full(now, e)
+                self.index.add(entry)
+                return None
+            raise
+        if claimed is None:
+            return None
+        if self.disk_full_logged:
+            log.info("the spool has space again; claiming resumed")
+            self.disk_full_logged = False
+        return self._prepare(claimed, now)
+
+    def _prepare(self, c: Claimed, now: float) -> Running | None:
+        """Validate a claimed job; a bad one is finished into failed/ here."""
+        started_at = jobmod.iso(now)
+        meta = c.meta
+        try:
+            if meta is None:
+                meta = self.spool.read_meta(c.path)
+            options = jobmod.parse_options(meta.options, self.cfg.job_defaults(),
+                                           where=f"{c.id}/job.json")
+            if self.cfg.engine == "faster-whisper" and options.model not in self.cfg.model_dirs:
+                raise jobmod.UnknownModel(
+                    f"model {options.model!r} is not configured (configured: "
+                    f"{', '.join(self.cfg.model_dirs)}); pick one of those or add it under "
+                    "'models' in the configuration")
+            audio, size = self.spool.find_audio(c.path, meta, self.cfg.max_file_bytes)
+        except jobmod.JobError as e:
+            if meta is None:
+                meta = JobMeta(id=c.id, options={}, submitted_at=started_at)
+            bad = Running(c.id, c.path, meta, JobOptions(), "", 0, started_at, now, now)
+            self._finish(bad, "failed", None, None, e, now)
+            return None
+        timeout = self.cfg.job_timeout or max(120.0, 120.0 + size / 1e6)
+        log.info("job=%s claimed: %s (%d bytes, priority %s, attempt %d)", c.id,
+                 jobmod.display_name(audio), size, options.priority, meta.attempts + 1)
+        return Running(c.id, c.path, meta, options, audio, size, started_at, now, now + timeout)
+
+    def _send(self, w: WorkerProc, job: Running, now: float) -> None:
+        w.job = job
+        job.started = now
+        msg = {"op": "job", "id": job.id, "audio": str(job.path / job.audio), "name": job.audio,
+               "options": job.options.to_dict()}
+        assert w.proc.stdin is not None
+        try:
+            w.proc.stdin.write((json.dumps(msg) + "\n").encode())
+            w.proc.stdin.flush()
+        except OSError:
+            pass  # the worker is gone; its EOF handler retries the job
+        self.status_dirty = True
+
+    def _disk_full(self, now: float, e: OSError) -> None:
+        self.disk_full_until = now + 5.0
+        if not self.disk_full_logged:
+            log.error("the spool's filesystem is full (%s): claiming paused; every job stays "
+                      "where it is; free space in %s", e.strerror, self.spool.root)
+            self.disk_full_logged = True
+
+    # --- finishing ----------------------------------------------------------------
+
+    def _finish(self, job: Running, status: str, source: dict[str, Any] | None,
+                transcript: dict[str, Any] | None, error: jobmod.JobError | None,
+                now: float) -> None:
+        finished_at = jobmod.iso(now)
+        attempts = job.meta.attempts + (1 if job.started_at else 0)
+        result = jobmod.make_result(job.meta, status, job.options if job.audio else None, source,
+                                    job.started_at, finished_at, self.me.worker_name, attempts,
+                                    transcript, error)
+        files = outputs.render_all(result, job.options.formats) if status == "done" else {}
+        state = "done" if status == "done" else "failed"
+        try:
+            self.spool.finish(job.id, state, result, files, self.cfg.keep_audio, job.audio or None,
+                              job.path)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._disk_full(now, e)
+                self._requeue(job, "the spool is full")
+                return
+            raise
+        self.counts["cancelled" if status == "cancelled" else state] += 1
+        self.status_dirty = True
+        shown = jobmod.display_name(job.audio) if job.audio else "-"
+        if status == "done":
+            t = transcript or {}
+            rtf = result["timings"]["realtime_factor"]
+            log.info("job=%s done: file=%s duration=%.1fs realtime=%sx attempts=%d status=done",
+                     job.id, shown, t.get("duration") or 0.0, rtf, attempts)
+        elif status == "cancelled":
+            log.info("job=%s cancelled: file=%s status=cancelled", job.id, shown)
+        else:
+            self.failures_seen += 1
+            assert error is not None
+            log.error("job=%s failed: file=%s %s: %s status=failed", job.id, shown, error.type,
+                      error)
+
+    def _retry_or_fail(self, job: Running, err: jobmod.JobError, now: float) -> None:
+        """A transient failure: defer for a retry, or fail past max_attempts."""
+        if job.meta.attempts + 1 >= self.cfg.max_attempts:
+            final = jobmod.TransientError(
+                f"{err}; gave up after {job.meta.attempts + 1} attempts "
+                f"(max_attempts={self.cfg.max_attempts})")
+            final.type = err.type
+            self._finish(job, "failed", None, None, final, now)
+            return
+        meta = job.meta
+        meta.attempts += 1
+        meta.errors.append(err.to_dict())
+        delays = self.cfg.retry_delays
+        delay = delays[min(meta.attempts - 1, len(delays) - 1)]
+        meta.not_before = jobmod.iso(now + delay)
+        self.spool.defer(job.id, meta)
+        self.deferred[job.id] = now + delay
+        log.warning("job=%s attempt %d failed (%s: %s); retry in %.0f s", job.id, meta.attempts,
+                    err.type, err, delay)
+        self.status_dirty = True
+
+    def _requeue(self, job: Running, why: str) -> None:
+        self.spool.requeue(job.id)
+        log.info("job=%s returned to incoming/ (%s); no attempt counted", job.id, why)
+        self._index_name(job.id, time.time(), settled=True)
+        self.status_dirty = True
+
+    # --- control requests ---------------------------------------------------------
+
+    def _control(self, name: str, now: float) -> None:
+        path = self.spool.dir("control") / name
+        if name.startswith("."):
+            return
+        try:
+            req = json.loads(self.spool_read(path))
+            action, job_id = str(req["action"]), str(req["id"])
+        except (OSError, ValueError, KeyError, TypeError, jobmod.JobError):
+            log.warning("control request %s is malformed; removed",
+                        jobmod.display_name(name))
+            path.unlink(missing_ok=True)
+            return
+        try:
+            if action == "cancel":
+                self._cancel(job_id, now)
+            elif action == "retry":
+                self._retry_request(job_id, now)
+            else:
+                log.warning("control request %s: unknown action %r; removed", name, action)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def spool_read(self, path: Path) -> bytes:
+        from cesard.spool import read_small
+        return read_small(path, 4096)
+
+    def _cancel(self, job_id: str, now: float) -> None:
+        for w in self.workers:
+            if w.job is not None and w.job.id == job_id:
+                job = w.job
+                w.job = None
+                self._kill_worker(w)
+                self._finish(job, "cancelled", None, None,
+                             jobmod.Cancelled("cancelled by request while running"), now)
+                return
+        if self.held is not None and self.held.id == job_id:
+            job, self.held = self.held, None
+            self._finish(job, "cancelled", None, None,
+                         jobmod.Cancelled("cancelled by request while waiting"), now)
+            return
+        for state in ("incoming", "deferred"):
+            src = self.spool.dir(state) / job_id
+            if not os.path.lexists(src):
+                continue
+            dst = self.spool.dir("processing") / job_id
+            try:
+                os.rename(src, dst)
+            except OSError:
+                continue
+            self.index.discard(job_id)
+            self.deferred.pop(job_id, None)
+            try:
+                meta = self.spool.read_meta(dst)
+            except jobmod.JobError:
+                meta = JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(now))
+            job = Running(job_id, dst, meta, JobOptions(), "", 0, "", now, now)
+            self._finish(job, "cancelled", None, None,
+                         jobmod.Cancelled(f"cancelled by request while {state}"), now)
+            return
+        log.info("job=%s cancel requested, but it is not queued or running", job_id)
+
+    def _retry_request(self, job_id: str, now: float) -> None:
+        src = self.spool.dir("failed") / job_id
+        if not src.is_dir():
+            log.warning("job=%s retry requested, but it is not in failed/", job_id)
+            return
+        dst = self.spool.dir("processing") / job_id
+        try:
+            os.rename(src, dst)
+        except OSError as e:
+            log.warning("job=%s retry failed: %s", job_id, e)
+            return
+        self.counts["failed"] = max(0, self.counts["failed"] - 1)
+        try:
+            meta = self.spool.read_meta(dst)
+            meta.attempts, meta.errors, meta.not_before = 0, [], None
+        except jobmod.JobError:
+            meta = None
+        self.spool.requeue(job_id, meta)
+        log.info("job=%s queued again by request", job_id)
+        self._index_name(job_id, now, settled=True)
+
+    # --- timers -------------------------------------------------------------------
+
+    def _check_timeouts(self, now: float) -> None:
+        for w in list(self.workers):
+            job = w.job
+            if job is not None and now >= job.deadline:
+                w.job = None
+                log.warning("job=%s timed out after %.0f s; replacing worker %d", job.id,
+                            now - job.started, w.pid)
+                self._kill_worker(w)
+                self._retry_or_fail(job, jobmod.JobTimeout(
+                    f"transcription took longer than {job.deadline - job.started:.0f} s "
+                    "(job_timeout)"), now)
+
+    def _timers(self, now: float) -> None:
+        if now >= self.next_rescan:
+            interval = (self.cfg.poll_interval if self.watcher is None or self.watcher.polling
+                        else self.cfg.rescan_interval)
+            self.next_rescan = now + interval
+            self.rescan(now)
+            for name in list(self.spool.scan("control")):
+                self._control(name, now)
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.cfg.lease_seconds / 3
+            for w in self.workers:
+                if w.job is not None:
+                    self.spool.heartbeat(w.job.id, self.me, now)
+        if now >= self.next_recover:
+            self.next_recover = now + self.cfg.lease_seconds / 2
+            self.recover(now)
+        if self.index.pending:
+            self._check_pending(now)
+        self._undefer(now)
+        self._check_timeouts(now)
+
+    # --- status -------------------------------------------------------------------
+
+    def status(self, now: float) -> dict[str, Any]:
+        running = []
+        for w in self.workers:
+            if w.job is not None:
+                j = w.job
+                elapsed = now - j.started
+                eta = None
+                if j.fraction > 0.01:
+                    eta = round(elapsed * (1 - j.fraction) / j.fraction, 1)
+                running.append({"id": j.id, "file": jobmod.display_name(j.audio),
+                                "worker": w.pid, "progress": round(j.fraction, 4),
+                                "started_at": j.started_at, "elapsed_s": round(elapsed, 1),
+                                "eta_s": eta, "duration": j.duration})
+        oldest = self.index.oldest_key()
+        oldest_age = None
+        if oldest:
+            oldest_age = round(now - jobmod.parse_iso(oldest).timestamp(), 1)
+        return {
+            "schema": 1, "pid": os.getpid(), "host": self.me.host,
+            "started_at": jobmod.iso(self.started), "updated_at": jobmod.iso(now),
+            "state": "stopped" if self.exit_code is not None else
+            "stopping" if self.stopping else ("running" if self.ready_sent
+                                                       else "starting"),
+            "engine": self.cfg.engine, "model": self.cfg.job_defaults().model,
+            "workers": [{"pid": w.pid, "ready": w.ready,
+                         "job": w.job.id if w.job else None} for w in self.workers],
+            "running": running,
+            "queue": {"incoming": len(self.index) + len(self.index.pending),
+                      "processing": len(running) + (1 if self.held else 0),
+                      "deferred": len(self.deferred), "done": self.counts["done"],
+                      "failed": self.counts["failed"] + self.counts["cancelled"]},
+            "oldest_queued_age_s": oldest_age,
+            "finished_since_start": dict(self.counts),
+            "disk_full": bool(self.disk_full_logged),
+            "queue_capacity": self.cfg.queue_capacity,
+        }
+
+    def status_line(self, st: dict[str, Any]) -> str:
+        q = st["queue"]
+        parts = [f"{q['incoming']} queued", f"{q['deferred']} deferred"]
+        for r in st["running"]:
+            parts.append(f"{r['id']} {r['progress'] * 100:.0f}%")
+        if not st["running"]:
+            parts.insert(0, "idle")
+        return "; ".join(parts)
+
+    def publish_status(self, now: float) -> None:
+        """Write state/status.json: at most every 0.5 s when something changed, else every 5 s."""
+        if now < self.next_status - 4.5 or (not self.status_dirty and now < self.next_status):
+            return
+        self.status_dirty = False
+        self.next_status = now + 5.0
+        st = self.status(now)
+        try:
+            from cesard.spool import write_atomic
+            write_atomic(self.spool.dir("state"), "status.json",
+                         (json.dumps(st, indent=1) + "\n").encode(), mode=0o644,
+                         durable=False)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+        if self.ready_sent:
+            self.notify.status(self.status_line(st))
+
+    # --- reload -------------------------------------------------------------------
+
+    def reload(self) -> None:
+        self.notify.reloading()
+        try:
+            new = configmod.load(self.config_path)
+        except configmod.ConfigError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            self.notify.ready(self.status_line(self.status(time.time())))
+            return
+        new.spool = self.cfg.spool
+        restart = any(getattr(new, k) != getattr(self.cfg, k) for k in WORKER_KEYS)
+        self.cfg = new
+        if restart:
+            self.generation += 1
+            log.info("configuration reloaded from %s; workers restart after their current job",
+                     new.source)
+        else:
+            log.info("configuration reloaded from %s", new.source)
+        self.notify.ready(self.status_line(self.status(time.time())))
+
+    # --- the loop -----------------------------------------------------------------
+
+    def run_once(self, now: float) -> None:
+        """One step of the loop: read what is readable, then act. Never blocks."""
+        self._handle_signals(now)
+        for w in list(self.workers):
+            if w in self.workers:
+                self._read_worker(w, now)
+        self._on_events(now)
+        self._timers(now)
+        if not self.ready_sent and self.workers and all(w.ready for w in self.workers):
+            self.ready_sent = True
+            log.info("ready: %d worker(s) loaded %s", len(self.workers),
+                     self.cfg.job_defaults().model)
+            self.notify.ready(self.status_line(self.status(now)))
+        if self.ready_sent:
+            self._keep_workers(now)
+            self.dispatch(now)
+        if self.stopping:
+            self._stop_step(now)
+        elif self.drain and self.ready_sent and self._drained():
+            log.info("drain: the queue is empty; exiting")
+            self.begin_stop(now)
+        self.publish_status(now)
+        self.notify.watchdog(now)
+
+    def _drained(self) -> bool:
+        return (not len(self.index) and not self.index.pending and not self.deferred
+                and not self._busy() and self.held is None)
+
+    def _stop_step(self, now: float) -> None:
+        busy = self._busy()
+        if busy and now >= self.stop_deadline:
+            for w in busy:
+                job = w.job
+                assert job is not None
+                w.job = None
+                self._kill_worker(w)
+                self._requeue(job, "shutdown grace expired")
+        if not self._busy():
+            for w in list(self.workers):
+                self._close_worker(w)
+            for w in list(self.workers):
+                try:
+                    w.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    w.proc.kill()
+                    w.proc.wait()
+                self._reap(w)
+            self.exit_code = 0
+
+    def _wait(self, now: float) -> None:
+        timeout = 0.5
+        if self.notify.watchdog_interval:
+            timeout = min(timeout, self.notify.watchdog_interval / 4)
+        if self.stopping:
+            timeout = min(timeout, max(0.0, self.stop_deadline - now))
+        fds = [self._wake_r] + [w.reply_fd for w in self.workers]
+        if self.watcher is not None and self.watcher.fileno() is not None:
+            fds.append(self.watcher.fileno())  # type: ignore[arg-type]
+        try:
+            readable, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return
+        if self._wake_r in readable:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def run(self) -> int:
+        """Start, loop until stopped; the exit status (0 on a clean stop)."""
+        self.install_signals()
+        try:
+            self.start()
+            while self.exit_code is None:
+                self._wait(time.time())
+                self.run_once(time.time())
+        except StartupError as e:
+            log.error("%s", e)
+            self._abort()
+            return 1
+        if self.watcher is not None:
+            self.watcher.close()
+        self.status_dirty = True
+        self.next_status = 0.0
+        self.publish_status(time.time())
+        log.info("stopped: %d done, %d failed, %d cancelled since start", self.counts["done"],
+                 self.counts["failed"], self.counts["cancelled"])
+        if self.drain and self.failures_seen:
+            return 1
+        return self.exit_code or 0
+
+    def _abort(self) -> None:
+        for w in list(self.workers):
+            job = w.job
+            w.job = None
+            self._kill_worker(w)
+            if job is not None:
+                self._requeue(job, "the daemon is stopping after an error")

@@ -1,0 +1,162 @@
+"""The worker process: loads its model once, then transcribes jobs one at a time.
+
+Protocol (JSON lines). The supervisor writes to the worker's stdin::
+
+    {"op": "job", "id": ID, "audio": PATH, "name": NAME, "options": {...}}
+
+and reads from the file descriptor given by ``--reply-fd``::
+
+    {"op": "ready", "pid": PID}                       models loaded
+    {"op": "fatal", "error": {...}}                   could not start; exits
+    {"op": "progress", "id": ID, "fraction": F}       at most every 0.5 s
+    {"op": "done", "id": ID, "transcript": {...}, "source": {...}, "transcribe_s": S}
+    {"op": "error", "id": ID, "error": {...}, "source": {...} | null}
+
+EOF on stdin asks the worker to exit. The worker ignores SIGINT and SIGTERM
+(the supervisor decides when it stops, DESIGN.md I5) and dies with its parent.
+stdout is redirected to stderr so that library prints cannot corrupt replies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import resource
+import signal
+import stat
+import sys
+import time
+from typing import Any, BinaryIO
+
+from cesard import job as jobmod
+from cesard.engine import Engine, make_engine
+from cesard.systemd import setup_logging
+
+log = logging.getLogger("cesard.worker")
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def open_audio(path: str, name: str) -> tuple[BinaryIO, dict[str, Any]]:
+    """Open without following links or blocking; hash it; return file and source info."""
+    shown = jobmod.display_name(name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        raise jobmod.UnsupportedFile(f"cannot open {shown}: {e.strerror}") from e
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise jobmod.UnsupportedFile(f"{shown} is not a regular file")
+    os.set_blocking(fd, True)
+    f = os.fdopen(fd, "rb")
+    h = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+    f.seek(0)
+    return f, {"name": shown, "bytes": st.st_size, "sha256": h.hexdigest()}
+
+
+class Worker:
+    def __init__(self, engine: Engine, reply_fd: int) -> None:
+        self.engine = engine
+        self.reply_fd = reply_fd
+
+    def send(self, msg: dict[str, Any]) -> None:
+        data = (json.dumps(msg, ensure_ascii=False) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            n = os.write(self.reply_fd, view)
+            view = view[n:]
+
+    def run_job(self, msg: dict[str, Any]) -> None:
+        job_id = str(msg["id"])
+        source = None
+        last = [0.0, -1.0]
+
+        def progress(fraction: float, duration: float | None) -> None:
+            t = time.monotonic()
+            if duration is not None:
+                self.send({"op": "progress", "id": job_id, "fraction": round(fraction, 4),
+                           "duration": duration})
+            elif fraction >= 1.0 or t - last[0] >= 0.5:
+                last[0], last[1] = t, fraction
+                self.send({"op": "progress", "id": job_id, "fraction": round(fraction, 4)})
+
+        start = time.monotonic()
+        try:
+            options = jobmod.parse_options(msg["options"])
+            audio, source = open_audio(msg["audio"], msg["name"])
+            with audio:
+                transcript = self.engine.transcribe(audio, msg["name"], options, progress)
+        except jobmod.JobError as e:
+            log.warning("job=%s failed: %s: %s", job_id, e.type, e)
+            self.send({"op": "error", "id": job_id, "error": e.to_dict(), "source": source})
+            return
+        except MemoryError:
+            oom = jobmod.TransientError("the worker ran out of memory (worker_memory_limit)")
+            self.send({"op": "error", "id": job_id, "error": oom.to_dict(), "source": source})
+            return
+        except Exception as e:  # noqa: BLE001 - any engine bug fails the job, not the worker
+            log.warning("job=%s engine error", job_id, exc_info=True)
+            err = jobmod.EngineError(f"{type(e).__name__}: {e}")
+            self.send({"op": "error", "id": job_id, "error": err.to_dict(), "source": source})
+            return
+        self.send({"op": "done", "id": job_id, "transcript": transcript, "source": source,
+                   "transcribe_s": round(time.monotonic() - start, 4)})
+
+    def serve(self, commands: BinaryIO) -> None:
+        for line in commands:
+            msg = json.loads(line)
+            if msg.get("op") == "job":
+                self.run_job(msg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cesard-worker")
+    p.add_argument("--engine", required=True)
+    p.add_argument("--models", required=True, help="JSON map of model name to directory")
+    p.add_argument("--preload", action="append", default=[])
+    p.add_argument("--compute-type", default="int8")
+    p.add_argument("--cpu-threads", type=int, default=1)
+    p.add_argument("--max-audio-seconds", type=float, default=0)
+    p.add_argument("--memory-limit", type=int, default=0)
+    p.add_argument("--reply-fd", type=int, required=True)
+    p.add_argument("--log-level", default="info")
+    a = p.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent()
+    setup_logging(a.log_level, "cesard-worker")
+    commands = sys.stdin.buffer
+    # Library prints must not reach the protocol: send stdout to stderr.
+    os.dup2(2, 1)
+    if a.memory_limit:
+        resource.setrlimit(resource.RLIMIT_AS, (a.memory_limit, a.memory_limit))
+    engine = make_engine(a.engine, json.loads(a.models), a.compute_type, a.cpu_threads,
+                         a.max_audio_seconds)
+    worker = Worker(engine, a.reply_fd)
+    try:
+        for model in a.preload:
+            engine.load(model)
+    except jobmod.JobError as e:
+        worker.send({"op": "fatal", "error": e.to_dict()})
+        return 3
+    worker.send({"op": "ready", "pid": os.getpid()})
+    worker.serve(commands)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
