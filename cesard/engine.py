@@ -102,7 +102,7 @@ class FakeEngine:
             "duration": duration,
             "segments": [{"start": 0.0, "end": duration, "text": text, "words": None}],
             "engine": {"name": "fake", "version": "1", "model": options.model,
-                       "compute_type": "none"},
+                       "compute_type": "none", "pid": os.getpid()},
         }
 
 

@@ -160,7 +160,7 @@ def ensure_rootfs(packages: Iterable[str] = PACKAGES, suite: str = SUITE) -> Pat
     with timed("debootstrap"):
         if _complete(final):
             return final
-        with _locked(final.with_suffix(".lock")):
+        with _locked(final.parent / (final.name + ".lock")):
             if _complete(final):
                 return final
             if not shutil.which("debootstrap"):
@@ -211,7 +211,7 @@ def ensure_nspawn() -> tuple[str, dict[str, str]]:
         binary = final / "usr/bin/systemd-nspawn"
         if _complete(final):
             return str(binary), env
-        with _locked(final.with_suffix(".lock")):
+        with _locked(final.parent / (final.name + ".lock")):
             if not _complete(final):
                 tmp = Path(tempfile.mkdtemp(prefix="nspawn.", dir=CACHE))
                 os.chmod(tmp, 0o755)  # apt-get download runs as _apt
@@ -287,7 +287,7 @@ def ensure_wheels(requirements: Sequence[str], python: str = sys.executable,
     with timed("wheels"):
         if _complete(final) and not local:
             return final
-        with _locked(final.with_suffix(".lock")):
+        with _locked(final.parent / (final.name + ".lock")):
             if _complete(final) and not local:
                 return final
             tmp = final.with_name(final.name + f".tmp{os.getpid()}")
@@ -327,7 +327,7 @@ def ensure_venv_layer(rootfs: Path, wheel_dirs: Sequence[Path], requirements: Se
         if _complete(final):
             os.utime(final)
             return final / "upper"
-        with _locked(final.with_suffix(".lock")):
+        with _locked(final.parent / (final.name + ".lock")):
             if _complete(final):
                 return final / "upper"
             nspawn, env = ensure_nspawn()
@@ -423,6 +423,7 @@ class Container:
                 self.leader = self._find_leader()
                 self.wait_running()
             except BaseException:
+                log("boot failed; console:\n" + self.console())
                 self.poweroff()
                 raise
 
@@ -485,6 +486,8 @@ class Container:
                 self._cg = None
             with contextlib.suppress(OSError):
                 shutil.rmtree(f"/run/systemd/nspawn/propagate/{self.name}")
+            if not self._mounted:
+                shutil.rmtree(self.rundir, ignore_errors=True)
 
     def console(self) -> str:
         try:
