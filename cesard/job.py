@@ -285,6 +285,17 @@ def display_name(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
+def safe_name(name: str) -> str:
+    """A file name for a claimed bare file: valid UTF-8, no control characters.
+
+    Ordinary names come back unchanged; others get undecodable bytes spelled
+    as ``\\xNN`` and control characters (newlines) replaced by ``_``.
+    """
+    shown = display_name(name)
+    cleaned = "".join("_" if ord(c) < 32 or ord(c) == 127 else c for c in shown)
+    return cleaned.lstrip(".")[:200] or "audio"
+
+
 def make_result(
     meta: JobMeta,
     status: str,

@@ -252,8 +252,8 @@ class Spool:
         incoming/ in one step: readers never see a half-built job.
         """
         job_id = jobmod.new_job_id()
-        name = name or audio.name
-        if is_ignored_name(name) or name in RESERVED or "/" in name:
+        name = jobmod.safe_name(name or audio.name)
+        if is_ignored_name(name) or name in RESERVED:
             name = "audio" + (Path(name).suffix if Path(name).suffix.isascii() else "")
         build = self.dir("tmp") / job_id
         build.mkdir(mode=0o770)
@@ -346,13 +346,16 @@ class Spool:
         dst = proc / job_id
         dst.mkdir(mode=0o770)
         write_atomic(dst, LEASE, me.lease(now), durable=False)
+        # The job keeps the file's name unless it is unusable in JSON (jobmod.safe_name).
+        name = jobmod.safe_name(entry.name)
+        if name in RESERVED:
+            name = "audio-" + name
         try:
             st = os.lstat(src)
-            os.rename(src, dst / entry.name)
+            os.rename(src, dst / name)
         except FileNotFoundError:
             shutil.rmtree(dst, ignore_errors=True)
             return None
-        name = entry.name
         meta = JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(st.st_mtime),
                        submitter=_owner(st.st_uid), source_name=name)
         write_atomic(dst, META, meta.to_json())

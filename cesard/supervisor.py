@@ -273,7 +273,7 @@ class Supervisor:
             log.warning("worker %d exited unexpectedly (status %d)", w.pid, code)
 
     def _on_message(self, w: WorkerProc, msg: dict[str, Any], now: float) -> None:
-        op = msg.get("op")
+        op = str(msg.get("op"))
         if op == "ready":
             w.ready = True
             self.spawn_backoff = 0.0
@@ -295,6 +295,17 @@ class Supervisor:
             return
         w.job = None
         w.served += 1
+        try:
+            self._on_outcome(job, op, msg, now)
+        except Exception:  # noqa: BLE001 - one bad result must not stop the daemon (I6)
+            log.exception("job=%s could not be finished; it is recovered at the next start",
+                          job.id)
+        if self.cfg.max_jobs_per_worker and w.served >= self.cfg.max_jobs_per_worker:
+            w.retiring = True
+        if w.retiring or self.stopping:
+            self._close_worker(w)
+
+    def _on_outcome(self, job: Running, op: str, msg: dict[str, Any], now: float) -> None:
         source = msg.get("source")
         if op == "done":
             transcript = dict(msg["transcript"])
@@ -306,10 +317,6 @@ class Supervisor:
                 self._retry_or_fail(job, err, now)
             else:
                 self._finish(job, "failed", source, None, err, now)
-        if self.cfg.max_jobs_per_worker and w.served >= self.cfg.max_jobs_per_worker:
-            w.retiring = True
-        if w.retiring or self.stopping:
-            self._close_worker(w)
 
     def _keep_workers(self, now: float) -> None:
         """Replace workers that exited; retire idle ones of an old generation."""
@@ -335,7 +342,10 @@ class Supervisor:
         if entry is None:
             self.index.discard(name)
             return
-        if entry.is_dir or settled:
+        if settled or (entry.is_dir and
+                       os.path.lexists(self.spool.dir("incoming") / name / "job.json")):
+            # A job dir is published whole by rename; one made in place (mkdir, cp -r)
+            # without job.json yet waits for the settle rule like a bare file.
             self.index.add(entry)
             return
         try:
@@ -425,7 +435,12 @@ class Supervisor:
             entry = self.index.pop()
             if entry is None:
                 return
-            job = self._claim(entry, now)
+            try:
+                job = self._claim(entry, now)
+            except Exception:  # noqa: BLE001 - one bad entry must not stop the daemon (I6)
+                log.exception("claiming %s failed; it stays where it is and is retried "
+                              "after a restart", jobmod.display_name(entry.name))
+                continue
             if job is None:
                 continue
             if job.options.exclusive and busy:

