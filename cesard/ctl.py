@@ -164,7 +164,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EX_OK
     if tty():
         print("\n".join(ids), file=sys.stderr)
-    warn_if_down(spool)
     fmt = "json" if args.json else (args.format[-1].split(",")[-1] if args.format else "txt")
     return wait_and_print(spool, ids, args.timeout, fmt)
 
@@ -182,6 +181,8 @@ def finished(spool: Spool, job_id: str) -> tuple[str, Path] | None:
 def wait_for(spool: Spool, ids: list[str], timeout: float | None) -> dict[str, tuple[str, Path]]:
     """Poll until every job is in done/ or failed/; CtlError(75) past the timeout."""
     deadline = time.monotonic() + timeout if timeout else None
+    # Warn once if nothing moves for a while and no daemon is there (it may be starting).
+    warn_at: float | None = time.monotonic() + 5.0
     results: dict[str, tuple[str, Path]] = {}
     bar = None
     if tty():
@@ -209,6 +210,9 @@ def wait_for(spool: Spool, ids: list[str], timeout: float | None) -> dict[str, t
                 bar.set_description(f"{len(results)}/{len(ids)} done"
                                     + (f", running {running[0]}" if running else ""))
                 bar.refresh()
+            if warn_at is not None and time.monotonic() > warn_at:
+                warn_at = None
+                warn_if_down(spool)
             if deadline is not None and time.monotonic() > deadline:
                 missing = [i for i in ids if i not in results]
                 raise CtlError(f"timed out waiting for {', '.join(missing)}; the jobs stay "
