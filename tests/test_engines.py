@@ -6,11 +6,11 @@ import io
 from collections.abc import Iterator
 
 import pytest
+from helpers import FIXTURES, fake_script
 
 from cesard import config as configmod
 from cesard import job as jobmod
 from cesard.engine import Engine, make_engine
-from helpers import FIXTURES, fake_script
 
 SPEECH = {"faster-whisper": (FIXTURES / "weather.wav").read_bytes(),
           "fake": fake_script(text="The weather today is sunny.", duration=3.2)}

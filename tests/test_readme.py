@@ -1,0 +1,33 @@
+"""The README's two commands are the ones CI and users run; lint stays clean."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.*?)\n```", section, re.S)
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    demo, tests = readme_commands()
+    assert "cesarctl" in demo and "submit --wait" in demo
+    assert "pytest" in tests
+    assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_ruff_and_mypy_strict_are_clean() -> None:
+    bin_dir = Path(sys.executable).parent
+    r = subprocess.run([str(bin_dir / "ruff"), "check", "cesard", "tests"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([str(bin_dir / "mypy"), "--strict", "cesard"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
