@@ -207,4 +207,4 @@ def load(path: str | None = None) -> Config:
 
 def spool_path(cfg: Config, cli: str | None = None) -> Path:
     """The spool: --spool, then $CESAR_SPOOL, then the config."""
-    return Path(cli or os.environ.get("CESAR_SPOOL") or cfg.spool)
+    return Path(cli or os.environ.get("CESAR_SPOOL") or cfg.spool).absolute()
