@@ -30,6 +30,7 @@ from cesard import job as jobmod
 from cesard import outputs
 from cesard.index import Pending, QueueIndex
 from cesard.job import JobMeta, JobOptions
+from cesard.metrics import Metrics, write_textfile
 from cesard.spool import Claimed, Claimer, Entry, Spool
 from cesard.systemd import Notifier
 from cesard.watch import Watcher
@@ -99,7 +100,9 @@ class Supervisor:
         self.exit_code: int | None = None
         self.ready_sent = False
         self.started = time.time()
-        self.counts = {"done": 0, "failed": 0, "cancelled": 0}
+        self.on_disk = {"done": 0, "failed": 0}  # entries in done/ and failed/
+        self.metrics = Metrics()
+        self.metrics_error_logged = False
         self.failures_seen = 0
         self.disk_full_until = 0.0
         self.disk_full_logged = False
@@ -181,11 +184,12 @@ class Supervisor:
             elif state == "failed":
                 log.error("job=%s failed: WorkerCrashed: %s; gave up after max_attempts=%d",
                           job_id, reason, self.cfg.max_attempts)
-                self.counts["failed"] += 1
+                self.on_disk["failed"] += 1
+                self.metrics.job_finished("failed", None, None, now)
 
     def _count_finished(self) -> None:
         for state in ("done", "failed"):
-            self.counts[state] = sum(1 for _ in self.spool.scan(state))
+            self.on_disk[state] = sum(1 for _ in self.spool.scan(state))
 
     # --- workers ------------------------------------------------------------------
 
@@ -532,7 +536,9 @@ class Supervisor:
                 self._requeue(job, "the spool is full")
                 return
             raise
-        self.counts["cancelled" if status == "cancelled" else state] += 1
+        self.on_disk[state] += 1
+        t = transcript or {}
+        self.metrics.job_finished(status, t.get("duration"), t.get("transcribe_s"), now)
         self.status_dirty = True
         shown = jobmod.display_name(job.audio) if job.audio else "-"
         if status == "done":
@@ -649,7 +655,7 @@ class Supervisor:
         except OSError as e:
             log.warning("job=%s retry failed: %s", job_id, e)
             return
-        self.counts["failed"] = max(0, self.counts["failed"] - 1)
+        self.on_disk["failed"] = max(0, self.on_disk["failed"] - 1)
         try:
             meta = self.spool.read_meta(dst)
             meta.attempts, meta.errors, meta.not_before = 0, [], None
@@ -725,10 +731,10 @@ class Supervisor:
             "running": running,
             "queue": {"incoming": len(self.index) + len(self.index.pending),
                       "processing": len(running) + (1 if self.held else 0),
-                      "deferred": len(self.deferred), "done": self.counts["done"],
-                      "failed": self.counts["failed"] + self.counts["cancelled"]},
+                      "deferred": len(self.deferred), "done": self.on_disk["done"],
+                      "failed": self.on_disk["failed"]},
             "oldest_queued_age_s": oldest_age,
-            "finished_since_start": dict(self.counts),
+            "finished_since_start": dict(self.metrics.finished),
             "disk_full": bool(self.disk_full_logged),
             "queue_capacity": self.cfg.queue_capacity,
         }
@@ -757,8 +763,22 @@ class Supervisor:
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
+        if self.cfg.metrics_textfile:
+            self._write_metrics(st)
         if self.ready_sent:
             self.notify.status(self.status_line(st))
+
+    def _write_metrics(self, st: dict[str, Any]) -> None:
+        assert self.cfg.metrics_textfile
+        text = self.metrics.render(st["queue"], len(st["running"]), str(self.spool.root))
+        try:
+            write_textfile(self.cfg.metrics_textfile, text)
+            self.metrics_error_logged = False
+        except OSError as e:
+            if not self.metrics_error_logged:
+                log.error("cannot write metrics_textfile %s: %s; fix the path or its "
+                          "permissions", self.cfg.metrics_textfile, e.strerror)
+                self.metrics_error_logged = True
 
     # --- reload -------------------------------------------------------------------
 
@@ -869,8 +889,9 @@ class Supervisor:
         self.status_dirty = True
         self.next_status = 0.0
         self.publish_status(time.time())
-        log.info("stopped: %d done, %d failed, %d cancelled since start", self.counts["done"],
-                 self.counts["failed"], self.counts["cancelled"])
+        fin = self.metrics.finished
+        log.info("stopped: %d done, %d failed, %d cancelled since start", fin["done"],
+                 fin["failed"], fin["cancelled"])
         if self.drain and self.failures_seen:
             return 1
         return self.exit_code or 0
