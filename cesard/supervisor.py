@@ -31,7 +31,7 @@ from cesard import outputs
 from cesard.index import Pending, QueueIndex
 from cesard.job import JobMeta, JobOptions
 from cesard.metrics import Metrics, write_textfile
-from cesard.spool import Claimed, Claimer, Entry, Spool
+from cesard.spool import Claimed, Claimer, Entry, Spool, read_small, write_atomic
 from cesard.systemd import Notifier
 from cesard.watch import Watcher
 
@@ -588,7 +588,7 @@ class Supervisor:
         if name.startswith("."):
             return
         try:
-            req = json.loads(self.spool_read(path))
+            req = json.loads(read_small(path, 4096))
             action, job_id = str(req["action"]), str(req["id"])
         except (OSError, ValueError, KeyError, TypeError, jobmod.JobError):
             log.warning("control request %s is malformed; removed",
@@ -604,10 +604,6 @@ class Supervisor:
                 log.warning("control request %s: unknown action %r; removed", name, action)
         finally:
             path.unlink(missing_ok=True)
-
-    def spool_read(self, path: Path) -> bytes:
-        from cesard.spool import read_small
-        return read_small(path, 4096)
 
     def _cancel(self, job_id: str, now: float) -> None:
         for w in self.workers:
@@ -756,7 +752,6 @@ class Supervisor:
         self.next_status = now + 5.0
         st = self.status(now)
         try:
-            from cesard.spool import write_atomic
             write_atomic(self.spool.dir("state"), "status.json",
                          (json.dumps(st, indent=1) + "\n").encode(), mode=0o644,
                          durable=False)
