@@ -570,6 +570,25 @@ class Spool:
         self._replace_meta(stolen, meta)
         return "incoming", self._move(stolen, "incoming", base).name
 
+    def clean_tmp(self, now: float, max_age: float = 86400.0) -> list[str]:
+        """Remove entries of tmp/ untouched for ``max_age`` seconds: builds that a
+        crashed writer never published (published entries are never in tmp/)."""
+        removed = []
+        for name in list(self.scan("tmp")):
+            path = self.dir("tmp") / name
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if now - max(st.st_mtime, st.st_ctime) < max_age:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(name)
+        return removed
+
     def locate(self, job_id: str) -> tuple[str, Path] | None:
         """The state and path of a job by id, or None."""
         if not jobmod.valid_id(job_id):

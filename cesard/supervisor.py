@@ -162,6 +162,9 @@ class Supervisor:
         self.spool.check()
         now = time.time()
         self.recover(now, startup=True)
+        for name in self.spool.clean_tmp(now):
+            log.info("removed %s from tmp/: an unpublished build older than a day",
+                     jobmod.display_name(name))
         self.watcher = Watcher(self.spool.root, self.cfg.watch)
         self.rescan(now)
         self._count_finished()

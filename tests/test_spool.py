@@ -176,3 +176,17 @@ def test_recover_counts_an_attempt_and_keeps_the_place(tmp_path: Path) -> None:
     assert state == "failed"
     res = json.loads((s.dir("failed") / job_id / "result.json").read_text())
     assert res["attempts"] == 3 and len(res["errors"]) == 3
+
+
+def test_clean_tmp_removes_only_stale_builds(tmp_path: Path) -> None:
+    s = make_spool(tmp_path)
+    build = s.dir("tmp") / "half-built"
+    build.mkdir()
+    (build / "a.wav").write_bytes(b"x")
+    (s.dir("tmp") / "loose.json").write_bytes(b"{}")
+    assert s.clean_tmp(time.time(), max_age=86400) == []
+    assert build.exists()
+    # ctime cannot be set back: judge from two days ahead instead.
+    later = time.time() + 2 * 86400
+    assert sorted(s.clean_tmp(later, max_age=86400)) == ["half-built", "loose.json"]
+    assert os.listdir(s.dir("tmp")) == []
