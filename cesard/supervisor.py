@@ -111,6 +111,7 @@ class Supervisor:
         self.next_recover = 0.0
         self.next_status = 0.0
         self.status_dirty = True
+        self.status_urgent = False
         self.spawn_backoff = 0.0
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
@@ -509,7 +510,7 @@ class Supervisor:
             w.proc.stdin.flush()
         except OSError:
             pass  # the worker is gone; its EOF handler retries the job
-        self.status_dirty = True
+        self.status_urgent = True
 
     def _disk_full(self, now: float, e: OSError) -> None:
         self.disk_full_until = now + 5.0
@@ -542,7 +543,7 @@ class Supervisor:
         self.on_disk[state] += 1
         t = transcript or {}
         self.metrics.job_finished(status, t.get("duration"), t.get("transcribe_s"), now)
-        self.status_dirty = True
+        self.status_urgent = True
         shown = jobmod.display_name(job.audio) if job.audio else "-"
         if status == "done":
             t = transcript or {}
@@ -748,10 +749,12 @@ class Supervisor:
         return "; ".join(parts)
 
     def publish_status(self, now: float) -> None:
-        """Write state/status.json: at most every 0.5 s when something changed, else every 5 s."""
-        if now < self.next_status - 4.5 or (not self.status_dirty and now < self.next_status):
+        """Write state/status.json: at once when a job started or finished, at most every
+        0.5 s for progress, and every 5 s regardless (``health`` watches its age)."""
+        if not self.status_urgent and (
+                now < self.next_status - 4.5 or (not self.status_dirty and now < self.next_status)):
             return
-        self.status_dirty = False
+        self.status_dirty = self.status_urgent = False
         self.next_status = now + 5.0
         st = self.status(now)
         try:
@@ -811,6 +814,7 @@ class Supervisor:
         self._timers(now)
         if not self.ready_sent and self.workers and all(w.ready for w in self.workers):
             self.ready_sent = True
+            self.status_dirty = True  # status.json says "running" now, not in 5 s
             log.info("ready: %d worker(s) loaded %s", len(self.workers),
                      self.cfg.job_defaults().model)
             self.notify.ready(self.status_line(self.status(now)))
