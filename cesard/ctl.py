@@ -64,6 +64,10 @@ def open_spool(args: argparse.Namespace) -> tuple[Spool, configmod.Config]:
     if not spool.root.exists():
         raise CtlError(f"spool {spool.root} does not exist; start cesard (it creates the "
                        "spool) or pass --spool / set CESAR_SPOOL", EX_UNAVAILABLE)
+    if not os.access(spool.root, os.X_OK):
+        raise CtlError(f"permission denied: you may not use the spool {spool.root}; ask an "
+                       "administrator to add you to group 'cesar' (then log in again)",
+                       EX_NOPERM)
     try:
         spool.check()
     except SpoolError as e:
@@ -295,8 +299,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     st = read_status(spool)
     alive = daemon_alive(st)
     counts = {s: count(spool, s) for s in STATES}
-    data = {"spool": str(spool.root), "daemon": "running" if alive else "not running",
-            "queue": counts, "status": st}
+    data: dict[str, Any] = {"spool": str(spool.root),
+                            "daemon": "running" if alive else "not running",
+                            "queue": counts, "status": st}
+    if alive and st:
+        try:
+            started = jobmod.parse_iso(str(st["started_at"])).timestamp()
+            data["uptime_s"] = round(time.time() - started, 1)
+        except (KeyError, ValueError):
+            pass
     if args.json or not tty():
         if args.json:
             emit(data, args)

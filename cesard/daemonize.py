@@ -14,10 +14,35 @@ import daemon.pidfile
 
 from cesard.systemd import setup_logging
 
+EX_TEMPFAIL = 75
+
+
+def running_pid(pidfile: Path) -> int | None:
+    """The pid of a cesard that holds ``pidfile``; a stale pidfile is removed."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        pid = 0
+    try:
+        alive = pid > 0 and b"cesard" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        alive = False
+    if alive:
+        return pid
+    pidfile.unlink(missing_ok=True)  # left by a daemon that was killed (kill -9, crash)
+    return None
+
 
 def detach(run: Callable[[], int], pidfile: str | None, log_file: str | None,
            level: str) -> int:
     """Daemonise (double fork, setsid, chdir /), then call ``run``; logs go to a file or syslog."""
+    if pidfile:
+        other = running_pid(Path(pidfile))
+        if other is not None:
+            print(f"cesard: already running as pid {other} (pidfile {pidfile})", file=sys.stderr)
+            return EX_TEMPFAIL
     stream = open(log_file, "a", buffering=1) if log_file else None  # noqa: SIM115
     pid = daemon.pidfile.TimeoutPIDLockFile(str(Path(pidfile).absolute())) if pidfile else None
     ctx = daemon.DaemonContext(pidfile=pid, stdout=stream, stderr=stream, umask=0o007,

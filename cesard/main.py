@@ -41,6 +41,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # SIGHUP re-reads the configuration, also after --detach has changed to /.
+    args.config = args.config or os.environ.get("CESAR_CONFIG") or None
+    if args.config:
+        args.config = os.path.abspath(args.config)
     try:
         cfg = configmod.load(args.config)
     except configmod.ConfigError as e:
