@@ -35,18 +35,44 @@ def running_pid(pidfile: Path) -> int | None:
     return None
 
 
-def detach(run: Callable[[], int], pidfile: str | None, log_file: str | None,
+def wait_ready(r: int, child: int, log_file: str | None) -> int:
+    """The launcher's side: exit 0 once the daemon is ready, 1 if it died first."""
+    data = b""
+    while chunk := os.read(r, 64):  # EOF: every holder of the write end is gone
+        data += chunk
+        if data.startswith(b"ready"):
+            break
+    os.waitpid(child, 0)
+    if data.startswith(b"ready"):
+        return 0
+    where = log_file or "syslog"
+    print(f"cesard: the daemon exited before it was ready; see {where}", file=sys.stderr)
+    return 1
+
+
+def detach(run: Callable[[int], int], pidfile: str | None, log_file: str | None,
            level: str) -> int:
-    """Daemonise (double fork, setsid, chdir /), then call ``run``; logs go to a file or syslog."""
+    """Daemonise (double fork, setsid, chdir /), then call ``run(ready_fd)``.
+
+    The launching process returns only once the daemon wrote "ready" to
+    ``ready_fd`` (exit 0) or died before that (exit 1), so a script that starts
+    it knows. Logs go to ``log_file`` or syslog.
+    """
     if pidfile:
         other = running_pid(Path(pidfile))
         if other is not None:
             print(f"cesard: already running as pid {other} (pidfile {pidfile})", file=sys.stderr)
             return EX_TEMPFAIL
+    r, w = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(w)
+        return wait_ready(r, child, log_file)
+    os.close(r)
     stream = open(log_file, "a", buffering=1) if log_file else None  # noqa: SIM115
     pid = daemon.pidfile.TimeoutPIDLockFile(str(Path(pidfile).absolute())) if pidfile else None
     ctx = daemon.DaemonContext(pidfile=pid, stdout=stream, stderr=stream, umask=0o007,
-                               files_preserve=[stream] if stream else None,
+                               files_preserve=[w, *([stream] if stream else [])],
                                detach_process=True)
     with ctx:
         os.environ.pop("JOURNAL_STREAM", None)
@@ -57,5 +83,5 @@ def detach(run: Callable[[], int], pidfile: str | None, log_file: str | None,
             handler = logging.handlers.SysLogHandler(address="/dev/log")
             handler.setFormatter(logging.Formatter("cesard[%(process)d]: %(message)s"))
             logging.getLogger().handlers[:] = [handler]
-        code = run()
+        code = run(w)
     sys.exit(code)

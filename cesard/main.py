@@ -13,7 +13,7 @@ from cesard import __version__
 from cesard import config as configmod
 from cesard.spool import Spool, SpoolError
 from cesard.supervisor import Supervisor
-from cesard.systemd import setup_logging
+from cesard.systemd import Notifier, setup_logging
 
 EX_USAGE, EX_UNAVAILABLE, EX_SOFTWARE, EX_CANTCREAT, EX_CONFIG = 64, 69, 70, 73, 78
 log = logging.getLogger("cesard")
@@ -65,13 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.detach:
         from cesard.daemonize import detach
-        return detach(lambda: _run(cfg, spool, args), args.pidfile, args.log_file,
+        return detach(lambda fd: _run(cfg, spool, args, fd), args.pidfile, args.log_file,
                       cfg.log_level)
     setup_logging(cfg.log_level)
     return _run(cfg, spool, args)
 
 
-def _run(cfg: configmod.Config, spool: Spool, args: argparse.Namespace) -> int:
+def _run(cfg: configmod.Config, spool: Spool, args: argparse.Namespace,
+         ready_fd: int | None = None) -> int:
     try:
         spool.create()
     except OSError as e:
@@ -80,7 +81,7 @@ def _run(cfg: configmod.Config, spool: Spool, args: argparse.Namespace) -> int:
         return EX_CANTCREAT
     config_path = args.config or os.environ.get("CESAR_CONFIG") or (
         str(configmod.DEFAULT_CONFIG) if Path(configmod.DEFAULT_CONFIG).exists() else None)
-    sup = Supervisor(cfg, spool, config_path, drain=args.drain)
+    sup = Supervisor(cfg, spool, config_path, notifier=Notifier(ready_fd), drain=args.drain)
     try:
         return sup.run()
     except SpoolError as e:

@@ -58,7 +58,8 @@ def setup_logging(level: str = "info", name: str = "cesard",
 class Notifier:
     """sd_notify when ``NOTIFY_SOCKET`` is set; otherwise every call is a no-op."""
 
-    def __init__(self) -> None:
+    def __init__(self, ready_fd: int | None = None) -> None:
+        self.ready_fd = ready_fd  # --detach: the launcher waits for "ready" on this pipe
         self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
         self._n = sdnotify.SystemdNotifier() if self.enabled else None
         self.watchdog_interval: float | None = None
@@ -83,6 +84,13 @@ class Notifier:
 
     def ready(self, status: str = "") -> None:
         self.send("READY=1", *([f"STATUS={status}"] if status else []))
+        if self.ready_fd is not None:
+            try:
+                os.write(self.ready_fd, b"ready\n")
+                os.close(self.ready_fd)
+            except OSError:
+                pass  # the launcher is gone: nobody to tell
+            self.ready_fd = None
 
     def reloading(self) -> None:
         mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000

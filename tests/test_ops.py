@@ -69,7 +69,8 @@ def test_detach_pidfile_log_reload_and_stop(tmp_path: Path, detached: list[int])
     assert alive(pid)
     assert os.getsid(pid) != os.getsid(0)
     assert os.readlink(f"/proc/{pid}/cwd") == "/"
-    wait_until(lambda: "ready: 1 worker(s)" in logfile.read_text(), 20, "the daemon to be ready")
+    # The launcher returned only once the daemon was ready.
+    assert "ready: 1 worker(s)" in logfile.read_text()
     job = d.submit_bytes("a.wav", fake_script(text="detached and working", sleep=0.2))
     res = d.wait_result(job)
     assert res["status"] == "done" and res["text"] == "detached and working"
@@ -91,6 +92,20 @@ def test_detach_pidfile_log_reload_and_stop(tmp_path: Path, detached: list[int])
     wait_until(lambda: not alive(pid), 30, "the daemon to exit")
     assert not pidfile.exists()
     assert "stopped: 1 done" in logfile.read_text()
+
+
+def test_detach_reports_a_daemon_that_dies_before_ready(tmp_path: Path,
+                                                        detached: list[int]) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "cesard.yaml").write_text(yaml.safe_dump(
+        {"engine": "faster-whisper", "workers": 1,
+         "models": {"tiny.en": str(tmp_path / "no-such-model")}}))
+    r = launch(tmp_path)
+    assert r.returncode == 1, r
+    assert "exited before it was ready" in r.stderr and "cesard.log" in r.stderr
+    log = (tmp_path / "cesard.log").read_text()
+    assert "no-such-model" in log and "ModelLoadError" in log
+    assert not (tmp_path / "run" / "cesard.pid").exists()
 
 
 def test_detach_replaces_a_stale_pidfile(tmp_path: Path, detached: list[int]) -> None:
