@@ -100,12 +100,18 @@ def write_atomic(directory: Path, name: str, data: bytes, mode: int = 0o660,
     tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        os.write(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, directory / name)
+        try:
+            view = memoryview(data)
+            while view:  # a nearly full disk takes part of a write before ENOSPC
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, directory / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written temporary file behind
+        raise
     if durable:
         fsync_dir(directory)
 
@@ -122,6 +128,15 @@ def read_small(path: Path, limit: int) -> bytes:
         return os.read(fd, limit + 1)
     finally:
         os.close(fd)
+
+
+def parse_meta(data: bytes, where: str = "job.json") -> JobMeta:
+    """:meth:`JobMeta.from_json`, also for JSON nested too deeply for the parser."""
+    try:
+        return JobMeta.from_json(data, where=where)
+    except RecursionError as e:
+        raise jobmod.InvalidJob(f"{where} is nested too deeply to parse; rewrite it or "
+                                "resubmit") from e
 
 
 def is_ignored_name(name: str) -> bool:
@@ -299,7 +314,7 @@ class Spool:
         if stat.S_ISDIR(st.st_mode):
             prio, when = "normal", jobmod.iso(st.st_mtime)
             try:
-                meta = JobMeta.from_json(read_small(path / META, jobmod.MAX_JOB_JSON_BYTES))
+                meta = parse_meta(read_small(path / META, jobmod.MAX_JOB_JSON_BYTES))
                 when = meta.submitted_at
                 p = meta.options.get("priority")
                 prio = p if p in PRIORITY_RANK else "normal"
@@ -339,13 +354,28 @@ class Spool:
                         return None
                 else:
                     raise
-            write_atomic(dst, LEASE, me.lease(now), durable=False)
+            try:
+                write_atomic(dst, LEASE, me.lease(now), durable=False)
+            except OSError:
+                # No lease (a full disk): undo the claim rather than leave an entry
+                # that only lease expiry would recover, with an attempt counted.
+                try:
+                    os.rename(dst, src)
+                except OSError:
+                    pass
+                raise
             fsync_dir(proc)
             return Claimed(job_id, dst, None, bare=False)
         job_id = jobmod.new_job_id()
         dst = proc / job_id
         dst.mkdir(mode=0o770)
-        write_atomic(dst, LEASE, me.lease(now), durable=False)
+        try:
+            write_atomic(dst, LEASE, me.lease(now), durable=False)
+        except OSError as e:
+            shutil.rmtree(dst, ignore_errors=True)
+            if isinstance(e, FileNotFoundError):
+                return None  # a recoverer removed our empty directory: try again later
+            raise
         # The job keeps the file's name unless it is unusable in JSON (jobmod.safe_name).
         name = jobmod.safe_name(entry.name)
         if name in RESERVED:
@@ -358,7 +388,15 @@ class Spool:
             return None
         meta = JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(st.st_mtime),
                        submitter=_owner(st.st_uid), source_name=name)
-        write_atomic(dst, META, meta.to_json())
+        try:
+            write_atomic(dst, META, meta.to_json())
+        except OSError:
+            try:  # give the file back as it was found (a full disk)
+                os.rename(dst / name, src)
+                shutil.rmtree(dst, ignore_errors=True)
+            except OSError:
+                pass  # recovery adopts it (see _adopt_bare_claim)
+            raise
         fsync_dir(proc)
         return Claimed(job_id, dst, meta, bare=True)
 
@@ -366,8 +404,8 @@ class Spool:
         """Refresh a running job's lease (not durable: a lost heartbeat is harmless)."""
         try:
             write_atomic(self.dir("processing") / job_id, LEASE, me.lease(now), durable=False)
-        except FileNotFoundError:
-            pass
+        except OSError:
+            pass  # gone, or a full disk: the next heartbeat tries again
 
     def read_meta(self, job_dir: Path) -> JobMeta:
         """``job.json`` of a claimed job, validated; raises InvalidJob naming the problem."""
@@ -379,7 +417,9 @@ class Spool:
                 "'cesarctl submit' or copy a bare audio file into incoming/") from e
         except OSError as e:
             raise jobmod.InvalidJob(f"cannot read job.json of {job_dir.name}: {e}") from e
-        return JobMeta.from_json(data, where=f"{job_dir.name}/job.json")
+        except jobmod.InvalidJob as e:  # not a regular file, too large: name the job
+            raise jobmod.InvalidJob(f"{job_dir.name}/{e}") from e
+        return parse_meta(data, where=f"{job_dir.name}/job.json")
 
     def find_audio(self, job_dir: Path, meta: JobMeta, max_bytes: int) -> tuple[str, int]:
         """Name and size of the job's audio, checked with lstat only.
@@ -390,14 +430,14 @@ class Spool:
         if meta.source_name is not None:
             if meta.source_name not in names:
                 raise jobmod.InvalidJob(
-                    f"job.json names audio {meta.source_name!r} but the job directory has no "
-                    "such file")
+                    f"{job_dir.name}/job.json names audio {meta.source_name!r} but the job "
+                    "directory has no such file")
             name = meta.source_name
         elif len(names) == 1:
             name = names[0]
         else:
             raise jobmod.InvalidJob(
-                f"job directory holds {len(names)} candidate audio files "
+                f"job directory {job_dir.name} holds {len(names)} candidate audio files "
                 f"({', '.join(map(jobmod.display_name, names[:5]))}); put exactly one, or name "
                 "it in job.json 'source_name'")
         st = os.lstat(job_dir / name)
@@ -529,7 +569,7 @@ class Spool:
                 lease = json.loads(read_small(path / LEASE, 4096))
                 if not isinstance(lease, dict):
                     lease = None
-            except (OSError, ValueError, jobmod.JobError):
+            except (OSError, ValueError, RecursionError, jobmod.JobError):
                 lease = None
             if lease is None:
                 try:
@@ -551,6 +591,10 @@ class Spool:
         if not stolen.is_dir() or stolen.is_symlink():
             os.rename(stolen, self.dir("incoming") / base)  # the claim will reject it
             return "incoming", base
+        if not os.path.lexists(stolen / META):
+            adopted = self._adopt_bare_claim(stolen, base)
+            if adopted is not None:
+                return adopted
         try:
             meta = self.read_meta(stolen)
         except jobmod.JobError:
@@ -588,6 +632,29 @@ class Spool:
                 path.unlink(missing_ok=True)
             removed.append(name)
         return removed
+
+    def _adopt_bare_claim(self, stolen: Path, base: str) -> tuple[str, str] | None:
+        """Finish a bare-file claim cut short before its ``job.json`` was written.
+
+        With no file in it, the claim never took its file (still in incoming/):
+        the directory goes. With one regular file, the job never ran: it gets the
+        ``job.json`` the claim would have written and goes back to incoming/
+        without an attempt counted. Anything else is left to the claim to reject.
+        """
+        names = [n for n in os.listdir(stolen) if n not in RESERVED and not n.startswith(".")]
+        if not names:
+            shutil.rmtree(stolen, ignore_errors=True)
+            return "", ""
+        if len(names) != 1:
+            return None
+        st = os.lstat(stolen / names[0])
+        if not stat.S_ISREG(st.st_mode) or not jobmod.valid_id(base):
+            return None
+        meta = JobMeta(id=base, options={}, submitted_at=jobmod.iso(st.st_mtime),
+                       submitter=_owner(st.st_uid), source_name=names[0])
+        self._clear_outputs(stolen)
+        self._replace_meta(stolen, meta)
+        return "incoming", self._move(stolen, "incoming", base).name
 
     def locate(self, job_id: str) -> tuple[str, Path] | None:
         """The state and path of a job by id, or None."""

@@ -180,7 +180,16 @@ class Supervisor:
         for name in self.spool.orphans(self.me, now, self.cfg.lease_seconds):
             reason = ("the daemon holding this job stopped without finishing it"
                       if startup else "the claim's lease expired (its daemon is gone)")
-            state, job_id = self.spool.recover(name, self.cfg.max_attempts, now, reason)
+            try:
+                state, job_id = self.spool.recover(name, self.cfg.max_attempts, now, reason)
+            except OSError as e:
+                # It stays in processing/ (maybe as ID~rTOKEN) and is recovered later.
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self._disk_full(now, e)
+                else:
+                    log.error("recovering %s from processing/ failed: %s; trying again later",
+                              jobmod.display_name(name), e)
+                continue
             if state == "incoming":
                 log.warning("job=%s recovered from processing/ (%s); queued again", job_id,
                             reason)
@@ -201,7 +210,8 @@ class Supervisor:
         cfg = self.cfg
         r, w = os.pipe()
         preload = list(dict.fromkeys([cfg.job_defaults().model, *cfg.preload_models]))
-        cmd = [sys.executable, "-m", "cesard.worker", "--engine", cfg.engine,
+        # -P: never import cesard from the current directory (python -m would).
+        cmd = [sys.executable, "-P", "-m", "cesard.worker", "--engine", cfg.engine,
                "--models", json.dumps(cfg.model_dirs), "--compute-type", cfg.compute_type,
                "--cpu-threads", str(cfg.cpu_threads),
                "--max-audio-seconds", str(cfg.max_audio_seconds),
@@ -450,6 +460,8 @@ class Supervisor:
                               "after a restart", jobmod.display_name(entry.name))
                 continue
             if job is None:
+                if now < self.disk_full_until:
+                    return  # the disk is full: the entry is back in the index; pause
                 continue
             if job.options.exclusive and busy:
                 log.info("job=%s is exclusive: waiting for %d running job(s)", job.id, len(busy))
@@ -492,7 +504,11 @@ class Supervisor:
             if meta is None:
                 meta = JobMeta(id=c.id, options={}, submitted_at=started_at)
             bad = Running(c.id, c.path, meta, JobOptions(), "", 0, started_at, now, now)
-            self._finish(bad, "failed", None, None, e, now)
+            err = e
+            if isinstance(e, (jobmod.InvalidOption, jobmod.UnknownModel)) \
+                    and "job.json" not in str(e):
+                err = type(e)(f"{c.id}/job.json: {e}")  # name the job, not only the option
+            self._finish(bad, "failed", None, None, err, now)
             return None
         timeout = self.cfg.job_timeout or max(120.0, 120.0 + size / 1e6)
         log.info("job=%s claimed: %s (%d bytes, priority %s, attempt %d)", c.id,
@@ -501,7 +517,11 @@ class Supervisor:
 
     def _send(self, w: WorkerProc, job: Running, now: float) -> None:
         w.job = job
+        # A held (exclusive) job starts now, not when it was claimed: its times and
+        # its deadline count from here.
+        job.deadline += now - job.started
         job.started = now
+        job.started_at = jobmod.iso(now)
         msg = {"op": "job", "id": job.id, "audio": str(job.path / job.audio), "name": job.audio,
                "options": job.options.to_dict()}
         assert w.proc.stdin is not None
@@ -573,9 +593,17 @@ class Supervisor:
         delays = self.cfg.retry_delays
         delay = delays[min(meta.attempts - 1, len(delays) - 1)]
         meta.not_before = jobmod.iso(now + delay)
-        self.spool.defer(job.id, meta)
+        try:
+            self.spool.defer(job.id, meta)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # job.json could not be rewritten: back to incoming/ as it was.
+            self._disk_full(now, e)
+            self._requeue(job, "the spool is full")
+            return
         self.deferred[job.id] = now + delay
-        log.warning("job=%s attempt %d failed (%s: %s); retry in %.0f s", job.id, meta.attempts,
+        log.warning("job=%s attempt %d failed (%s: %s); retry in %g s", job.id, meta.attempts,
                     err.type, err, delay)
         self.status_dirty = True
 
@@ -594,9 +622,14 @@ class Supervisor:
         try:
             req = json.loads(read_small(path, 4096))
             action, job_id = str(req["action"]), str(req["id"])
-        except (OSError, ValueError, KeyError, TypeError, jobmod.JobError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, jobmod.JobError):
             log.warning("control request %s is malformed; removed",
                         jobmod.display_name(name))
+            path.unlink(missing_ok=True)
+            return
+        if not jobmod.valid_id(job_id):  # I7: never a path from a client (../, /)
+            log.warning("control request %s names an invalid job id %r; removed",
+                        jobmod.display_name(name), job_id)
             path.unlink(missing_ok=True)
             return
         try:

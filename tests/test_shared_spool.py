@@ -1,0 +1,136 @@
+"""Several daemons on one spool (I2, I4): each job done exactly once; leases respected.
+
+Daemons on one machine pretend to be on several hosts with ``CESAR_HOST_ID``:
+their leases are then judged by heartbeat only, as across NFS. Without it
+they are daemons of one host, judged by pid, and must not take each other's
+live claims at start-up. ``CESARD_TORTURE=1`` runs more jobs.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers import Daemon, fake_script, wait_until
+from test_torture import TORTURE, assert_clean_end, assert_no_concurrent_runs, count_in, make_jobs
+
+
+def on_spool(make_daemon: Callable[..., Daemon], spool: Path, name: str,
+             **config: object) -> Daemon:
+    d = make_daemon(sub=name, **config)
+    d.spool = spool
+    return d
+
+
+@pytest.mark.parametrize("hosts", ["three-hosts", "one-host"])
+def test_three_daemons_share_a_spool(make_daemon: Callable[..., Daemon], tmp_path: Path,
+                                     hosts: str) -> None:
+    n_jobs = 500 if TORTURE else 150
+    rnd = random.Random(11)
+    spool = tmp_path / "spool"
+    tokens = [f"tok-{i:04d}" for i in range(n_jobs)]
+    sleeps = [0.0, 0.02, 0.1]
+    make_jobs(spool, tokens[: n_jobs // 3], rnd, sleeps, tmp_path / "src")
+    later = tokens[n_jobs // 3:]
+    batches = [later[i::4] for i in range(4)]
+    daemons = [on_spool(make_daemon, spool, f"d{i}", workers=1, settle_seconds=0.3)
+               for i in range(3)]
+    t0 = time.monotonic()
+    for i, d in enumerate(daemons):
+        env = {"CESAR_HOST_ID": f"host{i}"} if hosts == "three-hosts" else {}
+        d.start(env=env)
+        # The next daemon starts while this one holds live claims: it must leave them.
+        wait_until(lambda: os.listdir(spool / "processing"), 10, "a claim to be held")
+        make_jobs(spool, batches[i], rnd, sleeps, tmp_path / "src")
+    make_jobs(spool, batches[3], rnd, sleeps, tmp_path / "src")
+    wait_until(lambda: count_in(spool, "done") + count_in(spool, "failed") >= n_jobs, 120,
+               "every job to be finished")
+    wait_until(lambda: not os.listdir(spool / "processing"), 10, "processing/ to empty")
+    elapsed = time.monotonic() - t0
+    for d in daemons:
+        assert d.stop() == 0
+    logs = [d.log() for d in daemons]
+    results = assert_clean_end(daemons[0], tokens, max_runs=1)
+    for text in logs:
+        assert "Traceback" not in text and "recovered" not in text, text
+    assert_no_concurrent_runs(logs)
+    by = {r["worker"] for r in results}
+    assert len(by) == 3, f"not every daemon worked: {by}"
+    print(f"\n3 daemons ({hosts}): {n_jobs} jobs in {elapsed:.1f} s")
+
+
+def lease_of(spool: Path, job: str) -> dict[str, object] | None:
+    try:
+        return json.loads((spool / "processing" / job / "claim.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def recovered_at(log: str, job: str) -> float:
+    """Epoch time of the log line saying the job was recovered."""
+    m = re.search(r"^(\S+)Z cesard\[\d+\] WARNING: job=" + re.escape(job) +
+                  r" recovered from processing/", log, re.M)
+    assert m, log
+    return calendar.timegm(time.strptime(m.group(1)[:19], "%Y-%m-%dT%H:%M:%S")) + \
+        float("0" + m.group(1)[19:])
+
+
+def test_other_host_reclaims_only_after_the_lease(make_daemon: Callable[..., Daemon],
+                                                  tmp_path: Path) -> None:
+    lease = 3.0
+    spool = tmp_path / "spool"
+    a = on_spool(make_daemon, spool, "a", lease_seconds=lease)
+    b = on_spool(make_daemon, spool, "b", lease_seconds=lease)
+    a.start(env={"CESAR_HOST_ID": "hosta"})
+    job = a.submit_bytes("long.wav", fake_script(sleep=2, text="finished by b"))
+    wait_until(lambda: (lease_of(spool, job) or {}).get("host") == "hosta", 10, "a's claim")
+    b.start(env={"CESAR_HOST_ID": "hostb"})  # b's start-up recovery must leave it alone
+    # Let a heartbeat once, so the lease is a refreshed one, then kill a.
+    first = (lease_of(spool, job) or {}).get("heartbeat")
+    wait_until(lambda: (lease_of(spool, job) or {}).get("heartbeat") != first, 10,
+               "a heartbeat")
+    a.kill_all()
+    killed = time.monotonic()
+    last = (lease_of(spool, job) or {})["heartbeat"]
+    assert isinstance(last, float)
+    while time.monotonic() < killed + lease * 0.5:
+        owner = lease_of(spool, job)
+        assert owner is not None and owner["host"] == "hosta", \
+            f"taken {time.monotonic() - killed:.2f} s after the kill, before the lease expired"
+        time.sleep(0.02)
+    res = b.wait_result(job, lease * 2 + 10)
+    assert res["status"] == "done" and res["text"] == "finished by b"
+    assert res["worker"].startswith("hostb:")
+    assert res["attempts"] == 2 and res["errors"][0]["type"] == "WorkerCrashed"
+    recovered = recovered_at(b.log(), job)
+    assert recovered - last >= lease, f"taken {recovered - last:.2f} s after the last heartbeat"
+    assert b.stop() == 0
+
+
+def test_same_host_reclaims_a_dead_daemons_job_without_waiting(
+        make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    lease = 8.0
+    a = on_spool(make_daemon, spool, "a", lease_seconds=lease)
+    b = on_spool(make_daemon, spool, "b", lease_seconds=lease)
+    a.start()
+    job = a.submit_bytes("j.wav", fake_script(sleep=30, text="long"))
+    wait_until(lambda: lease_of(spool, job), 10, "a's claim")
+    b.start()
+    assert lease_of(spool, job)["pid"] == a.proc.pid  # type: ignore[index,union-attr]
+    (spool / "processing" / job / "j.wav").write_bytes(fake_script(text="done by b"))
+    last = (lease_of(spool, job) or {})["heartbeat"]
+    assert isinstance(last, float)
+    a.kill_all()
+    # The claimer is provably gone (same host and boot, pid dead): no lease wait.
+    res = b.wait_result(job, 25)
+    assert res["status"] == "done" and res["attempts"] == 2 and res["text"] == "done by b"
+    assert recovered_at(b.log(), job) - last < lease
+    assert b.stop() == 0
