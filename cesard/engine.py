@@ -147,6 +147,11 @@ class WhisperEngine:
                                        f"English-only, got {options.language!r}")
         self.load(options.model)
         model = self.loaded[options.model]
+        declared = probe_duration(audio)
+        if self.max_audio_seconds and declared and declared > self.max_audio_seconds:
+            # Rejected from the container's header, before decoding hours of audio.
+            raise jobmod.AudioTooLong(f"{shown} lasts {declared:.0f} s, more than "
+                                      f"max_audio_seconds={self.max_audio_seconds:.0f}")
         try:
             samples = decode_audio(audio, sampling_rate=16000)
         except Exception as e:  # noqa: BLE001 - PyAV raises many error types
@@ -191,6 +196,21 @@ class WhisperEngine:
             "engine": {"name": "faster-whisper", "version": faster_whisper.__version__,
                        "model": options.model, "compute_type": self.compute_type},
         }
+
+
+def probe_duration(audio: BinaryIO) -> float | None:
+    """The duration the container declares (None if unknown); rewinds ``audio``."""
+    import av
+
+    try:
+        with av.open(audio, mode="r", metadata_errors="ignore") as container:
+            if container.duration:
+                return float(container.duration / av.time_base)
+            return None
+    except Exception:  # noqa: BLE001 - decode_audio reports bad files properly
+        return None
+    finally:
+        audio.seek(0)
 
 
 def make_engine(name: str, models: dict[str, str], compute_type: str = "int8",

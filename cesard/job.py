@@ -243,6 +243,9 @@ class JobMeta:
             d = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise InvalidJob(f"{where} is not valid JSON ({e}); rewrite it or resubmit") from e
+        except RecursionError as e:
+            raise InvalidJob(f"{where} is nested too deeply to parse; rewrite it or "
+                             "resubmit") from e
         if not isinstance(d, dict):
             raise InvalidJob(f"{where} must hold a JSON object")
         known = {"schema", "id", "submitted_at", "submitter", "source_name", "options",

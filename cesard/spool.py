@@ -130,15 +130,6 @@ def read_small(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
-def parse_meta(data: bytes, where: str = "job.json") -> JobMeta:
-    """:meth:`JobMeta.from_json`, also for JSON nested too deeply for the parser."""
-    try:
-        return JobMeta.from_json(data, where=where)
-    except RecursionError as e:
-        raise jobmod.InvalidJob(f"{where} is nested too deeply to parse; rewrite it or "
-                                "resubmit") from e
-
-
 def is_ignored_name(name: str) -> bool:
     """Names a writer is still working on: never taken from incoming/."""
     return name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
@@ -314,7 +305,7 @@ class Spool:
         if stat.S_ISDIR(st.st_mode):
             prio, when = "normal", jobmod.iso(st.st_mtime)
             try:
-                meta = parse_meta(read_small(path / META, jobmod.MAX_JOB_JSON_BYTES))
+                meta = JobMeta.from_json(read_small(path / META, jobmod.MAX_JOB_JSON_BYTES))
                 when = meta.submitted_at
                 p = meta.options.get("priority")
                 prio = p if p in PRIORITY_RANK else "normal"
@@ -419,7 +410,7 @@ class Spool:
             raise jobmod.InvalidJob(f"cannot read job.json of {job_dir.name}: {e}") from e
         except jobmod.InvalidJob as e:  # not a regular file, too large: name the job
             raise jobmod.InvalidJob(f"{job_dir.name}/{e}") from e
-        return parse_meta(data, where=f"{job_dir.name}/job.json")
+        return JobMeta.from_json(data, where=f"{job_dir.name}/job.json")
 
     def find_audio(self, job_dir: Path, meta: JobMeta, max_bytes: int) -> tuple[str, int]:
         """Name and size of the job's audio, checked with lstat only.
@@ -600,6 +591,7 @@ class Spool:
         except jobmod.JobError:
             self._clear_outputs(stolen)
             return "incoming", self._move(stolen, "incoming", base).name
+        meta.id = base
         meta.attempts += 1
         err = jobmod.WorkerCrashed(reason)
         if meta.attempts >= max_attempts:

@@ -492,6 +492,7 @@ class Supervisor:
         try:
             if meta is None:
                 meta = self.spool.read_meta(c.path)
+            meta.id = c.id  # the directory's name is the id (a clash renames it at claim)
             options = jobmod.parse_options(meta.options, self.cfg.job_defaults(),
                                            where=f"{c.id}/job.json")
             if self.cfg.engine == "faster-whisper" and options.model not in self.cfg.model_dirs:

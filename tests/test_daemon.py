@@ -252,3 +252,15 @@ def test_max_jobs_per_worker_recycles(make_daemon: Callable[..., Daemon]) -> Non
     pids = [d.wait_result(i)["engine"]["pid"] for i in ids]
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
 
+
+
+def test_result_id_is_the_directory_name(daemon: Daemon) -> None:
+    build = daemon.spool / "tmp" / "handmade-1"
+    build.mkdir()
+    (build / "a.wav").write_bytes(fake_script(text="handmade"))
+    (build / "job.json").write_text(json.dumps(
+        {"id": "something-else", "submitted_at": "2026-11-24T03:15:01.123456Z",
+         "source_name": "a.wav"}))
+    os.rename(build, daemon.spool / "incoming" / "handmade-1")
+    res = daemon.wait_result("handmade-1")
+    assert res["id"] == "handmade-1" and res["text"] == "handmade"

@@ -182,7 +182,8 @@ def test_hostile_corpus(hostile_daemon: Daemon, tmp_path: Path) -> None:
     expected["jsonfifo"] = ("InvalidJob", "jsonfifo", "not a regular file")
     drop_dir(d, "truncflac", {"a.flac": (FIXTURES / "silence30.flac").read_bytes()[:600],
                               "job.json": job_json("truncflac", source_name="a.flac")})
-    expected["truncflac"] = ("UndecodableAudio", "a.flac", "")
+    # Its header still declares 30 s: rejected before decoding (max_audio_seconds=20).
+    expected["truncflac"] = ("AudioTooLong", "a.flac", "")
 
     # --- hostile control requests ------------------------------------------------------
     ctl = d.spool / "control"
