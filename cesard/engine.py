@@ -50,7 +50,8 @@ class FakeEngine:
     A file starting with the line ``#cesard-fake`` is a script of ``key: value``
     lines: ``sleep: SECONDS``, ``text: WORDS``, ``fail: ERRORTYPE`` (a permanent
     error of that type), ``crash: true`` (the worker dies abruptly),
-    ``hang: true`` (never returns), ``duration: SECONDS`` (reported audio length).
+    ``hang: true`` (never returns), ``duration: SECONDS`` (reported audio length),
+    ``alloc: BYTES`` (allocates that much memory).
     Any other input gives a deterministic text naming the file.
     """
 
@@ -81,6 +82,9 @@ class FakeEngine:
         if self.max_audio_seconds and duration > self.max_audio_seconds:
             raise jobmod.AudioTooLong(f"{shown} lasts {duration:.0f} s, more than "
                                       f"max_audio_seconds={self.max_audio_seconds:.0f}")
+        if "alloc" in script:
+            ballast = bytearray(int(script["alloc"]))  # MemoryError under worker_memory_limit
+            del ballast
         if script.get("crash") == "true":
             os.kill(os.getpid(), signal.SIGKILL)
         if script.get("hang") == "true":

@@ -264,3 +264,14 @@ def test_result_id_is_the_directory_name(daemon: Daemon) -> None:
     os.rename(build, daemon.spool / "incoming" / "handmade-1")
     res = daemon.wait_result("handmade-1")
     assert res["id"] == "handmade-1" and res["text"] == "handmade"
+
+
+def test_worker_memory_limit_fails_the_hungry_job_only(
+        make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon(worker_memory_limit=400 * 2**20, max_attempts=2).start()
+    hungry = d.submit_bytes("big.wav", fake_script(alloc=2 * 2**30))
+    res = d.wait_result(hungry, 30)
+    assert res["status"] == "failed" and res["attempts"] == 2
+    assert "out of memory" in res["error"]["message"]
+    small = d.submit_bytes("small.wav", fake_script(alloc=10 * 2**20, text="fits"))
+    assert d.wait_result(small)["text"] == "fits"
