@@ -37,6 +37,8 @@ from cesard.watch import Watcher
 
 log = logging.getLogger("cesard")
 
+# A job's start or finish reaches status.json within this long (batched under load).
+STATUS_URGENT_S = 0.05
 # Config keys whose change needs new worker processes.
 WORKER_KEYS = ("engine", "workers", "cpu_threads", "compute_type", "models", "preload_models",
                "max_audio_seconds", "worker_memory_limit", "log_level")
@@ -161,16 +163,21 @@ class Supervisor:
         """Create/check the spool, recover, start workers and wait until they are ready."""
         self.spool.create()
         self.spool.check()
+        # Workers load their models while the spool is recovered and indexed; none gets
+        # a job before run_once, so recovery still happens before any claim.
+        for _ in range(self.cfg.worker_count):
+            self._spawn()
         now = time.time()
         self.recover(now, startup=True)
+        self.next_recover = now + self.cfg.lease_seconds / 2
         for name in self.spool.clean_tmp(now):
             log.info("removed %s from tmp/: an unpublished build older than a day",
                      jobmod.display_name(name))
         self.watcher = Watcher(self.spool.root, self.cfg.watch)
         self.rescan(now)
+        self.next_rescan = now + self._rescan_interval()
+        self._scan_control(now)
         self._count_finished()
-        for _ in range(self.cfg.worker_count):
-            self._spawn()
         log.info("started: spool %s, engine %s, %d worker(s), %d job(s) queued, watch %s",
                  self.spool.root, self.cfg.engine, len(self.workers), len(self.index),
                  "poll" if self.watcher.polling else "inotify")
@@ -616,6 +623,10 @@ class Supervisor:
 
     # --- control requests ---------------------------------------------------------
 
+    def _scan_control(self, now: float) -> None:
+        for name in list(self.spool.scan("control")):
+            self._control(name, now)
+
     def _control(self, name: str, now: float) -> None:
         path = self.spool.dir("control") / name
         if name.startswith("."):
@@ -713,14 +724,15 @@ class Supervisor:
                     f"transcription took longer than {job.deadline - job.started:.0f} s "
                     "(job_timeout)"), now)
 
+    def _rescan_interval(self) -> float:
+        polling = self.watcher is None or self.watcher.polling
+        return self.cfg.poll_interval if polling else self.cfg.rescan_interval
+
     def _timers(self, now: float) -> None:
         if now >= self.next_rescan:
-            interval = (self.cfg.poll_interval if self.watcher is None or self.watcher.polling
-                        else self.cfg.rescan_interval)
-            self.next_rescan = now + interval
+            self.next_rescan = now + self._rescan_interval()
             self.rescan(now)
-            for name in list(self.spool.scan("control")):
-                self._control(name, now)
+            self._scan_control(now)
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.cfg.lease_seconds / 3
             for w in self.workers:
@@ -783,10 +795,11 @@ class Supervisor:
         return "; ".join(parts)
 
     def publish_status(self, now: float) -> None:
-        """Write state/status.json: at once when a job started or finished, at most every
-        0.5 s for progress, and every 5 s regardless (``health`` watches its age)."""
-        if not self.status_urgent and (
-                now < self.next_status - 4.5 or (not self.status_dirty and now < self.next_status)):
+        """Write state/status.json: within 50 ms when a job started or finished, at most
+        every 0.5 s for progress, and every 5 s regardless (``health`` watches its age)."""
+        since = now - (self.next_status - 5.0)
+        urgent = self.status_urgent and since >= STATUS_URGENT_S
+        if not urgent and (since < 0.5 or (not self.status_dirty and now < self.next_status)):
             return
         self.status_dirty = self.status_urgent = False
         self.next_status = now + 5.0
@@ -889,7 +902,7 @@ class Supervisor:
             self.exit_code = 0
 
     def _wait(self, now: float) -> None:
-        timeout = 0.5
+        timeout = STATUS_URGENT_S if self.status_urgent else 0.5
         if self.notify.watchdog_interval:
             timeout = min(timeout, self.notify.watchdog_interval / 4)
         if self.stopping:

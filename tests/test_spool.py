@@ -190,3 +190,26 @@ def test_clean_tmp_removes_only_stale_builds(tmp_path: Path) -> None:
     later = time.time() + 2 * 86400
     assert sorted(s.clean_tmp(later, max_age=86400)) == ["half-built", "loose.json"]
     assert os.listdir(s.dir("tmp")) == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "pop", "discard"]), st.integers(0, 30),
+                          st.integers(0, 5)), max_size=60))
+def test_index_oldest_key_matches_a_full_scan(ops: list[tuple[str, int, int]]) -> None:
+    from cesard.index import QueueIndex
+    from cesard.spool import Entry
+    index = QueueIndex()
+    live: dict[str, str] = {}
+    for op, n, t in ops:
+        name, when = f"n{n}", f"2026-11-24T03:00:0{t}.000000Z"
+        if op == "add":
+            index.add(Entry(name, True, (n % 3, when, name)))
+            live[name] = when
+        elif op == "discard":
+            index.discard(name)
+            live.pop(name, None)
+        else:
+            e = index.pop()
+            if e is not None:
+                live.pop(e.name)
+        assert index.oldest_key() == (min(live.values()) if live else None)
