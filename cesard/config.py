@@ -70,6 +70,8 @@ class Config:
     lease_seconds: float = 60.0
     max_file_bytes: int = 2 * 1024**3
     max_audio_seconds: float = 6 * 3600.0
+    batch_size: int = 8  # batched decoding (BatchedInferencePipeline) for long audio
+    batch_min_seconds: float = 300.0  # audio at least this long is decoded in batches; 0: never
     max_jobs_per_worker: int = 0  # 0: never recycle
     worker_memory_limit: int = 0  # bytes of address space per worker; 0: no limit
     queue_capacity: int = 1000
@@ -148,6 +150,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "lease_seconds": _num(1),
     "max_file_bytes": _num(0, integer=True),
     "max_audio_seconds": _num(0),
+    "batch_size": _num(1, 64, integer=True),
+    "batch_min_seconds": _num(0),
     "max_jobs_per_worker": _num(0, integer=True),
     "worker_memory_limit": _num(0, integer=True),
     "queue_capacity": _num(1, integer=True),
@@ -173,7 +177,7 @@ def parse(raw: Any, source: str) -> Config:
             raise ConfigError(f"{source}: key {key!r} {problem} (got {value!r})")
     values = dict(raw)
     for key in ("poll_interval", "rescan_interval", "settle_seconds", "shutdown_grace",
-                "job_timeout", "lease_seconds", "max_audio_seconds"):
+                "job_timeout", "lease_seconds", "max_audio_seconds", "batch_min_seconds"):
         if key in values:
             values[key] = float(values[key])
     cfg = Config(**values, source=source)

@@ -116,11 +116,14 @@ class WhisperEngine:
     name = "faster-whisper"
 
     def __init__(self, models: dict[str, str], compute_type: str = "int8", cpu_threads: int = 1,
-                 max_audio_seconds: float = 0) -> None:
+                 max_audio_seconds: float = 0, batch_size: int = 8,
+                 batch_min_seconds: float = 0) -> None:
         self.models = models
         self.compute_type = compute_type
         self.cpu_threads = cpu_threads
         self.max_audio_seconds = max_audio_seconds
+        self.batch_size = batch_size
+        self.batch_min_seconds = batch_min_seconds
         self.loaded: dict[str, Any] = {}
 
     def load(self, model: str) -> None:
@@ -169,11 +172,24 @@ class WhisperEngine:
             raise jobmod.AudioTooLong(f"{shown} lasts {duration:.0f} s, more than "
                                       f"max_audio_seconds={self.max_audio_seconds:.0f}")
         progress(0.0, duration)
+        # Long audio: batched decoding of VAD chunks measured 1.8x faster on a 10-minute
+        # file with no loss of accuracy (bench/RESULTS.md). It needs VAD to cut chunks.
+        batched = (self.batch_min_seconds > 0 and duration >= self.batch_min_seconds
+                   and self.batch_size > 1 and options.vad_filter)
         try:
-            segments, info = model.transcribe(
-                samples, language=options.language, task=options.task,
-                beam_size=options.beam_size, vad_filter=options.vad_filter,
-                word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt)
+            if batched:
+                from faster_whisper import BatchedInferencePipeline
+
+                segments, info = BatchedInferencePipeline(model).transcribe(
+                    samples, language=options.language, task=options.task,
+                    beam_size=options.beam_size, word_timestamps=options.word_timestamps,
+                    initial_prompt=options.initial_prompt, batch_size=self.batch_size)
+            else:
+                segments, info = model.transcribe(
+                    samples, language=options.language, task=options.task,
+                    beam_size=options.beam_size, vad_filter=options.vad_filter,
+                    word_timestamps=options.word_timestamps,
+                    initial_prompt=options.initial_prompt)
             out = []
             # The generator is lazy: decoding happens (and can fail) while iterating.
             for seg in segments:
@@ -198,7 +214,8 @@ class WhisperEngine:
             "language_probability": round(float(info.language_probability), 4),
             "duration": round(duration, 3),
             "engine": {"name": "faster-whisper", "version": faster_whisper.__version__,
-                       "model": options.model, "compute_type": self.compute_type},
+                       "model": options.model, "compute_type": self.compute_type,
+                       "batch_size": self.batch_size if batched else None},
         }
 
 
@@ -218,9 +235,11 @@ def probe_duration(audio: BinaryIO) -> float | None:
 
 
 def make_engine(name: str, models: dict[str, str], compute_type: str = "int8",
-                cpu_threads: int = 1, max_audio_seconds: float = 0) -> Engine:
+                cpu_threads: int = 1, max_audio_seconds: float = 0, batch_size: int = 8,
+                batch_min_seconds: float = 0) -> Engine:
     if name == "fake":
         return FakeEngine(models, max_audio_seconds)
     if name == "faster-whisper":
-        return WhisperEngine(models, compute_type, cpu_threads, max_audio_seconds)
+        return WhisperEngine(models, compute_type, cpu_threads, max_audio_seconds, batch_size,
+                             batch_min_seconds)
     raise ValueError(f"unknown engine {name!r}")

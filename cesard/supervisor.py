@@ -41,7 +41,8 @@ log = logging.getLogger("cesard")
 STATUS_URGENT_S = 0.05
 # Config keys whose change needs new worker processes.
 WORKER_KEYS = ("engine", "workers", "cpu_threads", "compute_type", "models", "preload_models",
-               "max_audio_seconds", "worker_memory_limit", "log_level")
+               "max_audio_seconds", "worker_memory_limit", "log_level", "batch_size",
+               "batch_min_seconds")
 
 
 @dataclass
@@ -222,6 +223,8 @@ class Supervisor:
                "--models", json.dumps(cfg.model_dirs), "--compute-type", cfg.compute_type,
                "--cpu-threads", str(cfg.cpu_threads),
                "--max-audio-seconds", str(cfg.max_audio_seconds),
+               "--batch-size", str(cfg.batch_size),
+               "--batch-min-seconds", str(cfg.batch_min_seconds),
                "--memory-limit", str(cfg.worker_memory_limit),
                "--reply-fd", str(w), "--log-level", cfg.log_level]
         for m in preload:

@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compute-type", default="int8")
     p.add_argument("--cpu-threads", type=int, default=1)
     p.add_argument("--max-audio-seconds", type=float, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-min-seconds", type=float, default=0)
     p.add_argument("--memory-limit", type=int, default=0)
     p.add_argument("--reply-fd", type=int, required=True)
     p.add_argument("--log-level", default="info")
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.memory_limit:
         resource.setrlimit(resource.RLIMIT_AS, (a.memory_limit, a.memory_limit))
     engine = make_engine(a.engine, json.loads(a.models), a.compute_type, a.cpu_threads,
-                         a.max_audio_seconds)
+                         a.max_audio_seconds, a.batch_size, a.batch_min_seconds)
     worker = Worker(engine, a.reply_fd)
     try:
         for model in a.preload:

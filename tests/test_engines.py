@@ -62,3 +62,15 @@ def test_same_input_same_text(engine: Engine) -> None:
     a, _ = run(engine, SPEECH[engine.name])
     b, _ = run(engine, SPEECH[engine.name])
     assert a["text"] == b["text"]
+
+
+def test_long_audio_is_decoded_in_batches() -> None:
+    # batch_min_seconds lowered so that a short fixture takes the long-audio path.
+    e = make_engine("faster-whisper", configmod.bundled_models(), batch_size=4,
+                    batch_min_seconds=3.0)
+    t, calls = run(e, SPEECH["faster-whisper"])
+    assert t["engine"]["batch_size"] == 4
+    assert "weather today is sunny" in t["text"].lower()
+    assert calls[-1][0] == 1.0
+    short, _ = run(e, (FIXTURES / "hello.wav").read_bytes()[:44 + 32000 * 2])  # 2 s
+    assert short["engine"]["batch_size"] is None
