@@ -65,7 +65,10 @@ def test_cesard_under_systemd(cesard_container: nspawn.Container) -> None:
         assert res["status"] == "done" and res["text"] == "", res
 
     c.systemctl("reload", "cesard.service")
-    time.sleep(1)
+    deadline = time.monotonic() + 30
+    while "configuration reloaded" not in c.journal("cesard.service"):
+        assert time.monotonic() < deadline, c.journal("cesard.service")
+        time.sleep(0.2)
     assert c.show("cesard.service", "ActiveState")["ActiveState"] == "active"
 
     c.systemctl("stop", "cesard.service")
