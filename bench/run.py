@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """cesard benchmark: one command, figures measured side by side, bench/RESULTS.md.
 
-    /tmp/venv/bin/python bench/run.py            # full run (≤ 12 min on 2 quiet cores)
-    /tmp/venv/bin/python bench/run.py --quick    # smaller sizes, to check the bench itself
-    /tmp/venv/bin/python bench/run.py --only latency,backlog --profile
+    .venv/bin/python bench/run.py            # full run (≤ 12 min on 2 quiet cores)
+    .venv/bin/python bench/run.py --quick    # smaller sizes, to check the bench itself
+    .venv/bin/python bench/run.py --only latency,backlog --profile
 
 Every daemon is the real cesard (``python -m cesard.main`` from this checkout)
 on a temporary spool under /tmp; everything it starts is killed and every
