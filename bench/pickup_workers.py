@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from helpers import Daemon, fake_script, wait_until  # noqa: E402
+from helpers import Daemon, fake_script  # noqa: E402
 
 from cesard import job as jobmod  # noqa: E402
 

@@ -51,6 +51,7 @@ from inotify_simple import INotify  # noqa: E402
 from inotify_simple import flags as F  # noqa: E402
 
 from cesard import job as jobmod  # noqa: E402
+from cesard.spool import fsync_dir  # noqa: E402
 
 PY = sys.executable
 T0 = time.monotonic()
@@ -92,14 +93,6 @@ def pctl(xs: list[float], p: float) -> float:
         return float("nan")
     k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
     return s[k]
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rss_kib(pid: int) -> int:

@@ -131,6 +131,15 @@ class Daemon:
         (src / name).write_bytes(data)
         return self.ctl("submit", str(src / name), *opts, check=True).stdout.strip()
 
+    def publish_dir(self, name: str, files: dict[str, bytes]) -> Path:
+        """Publish a hand-made job directory the right way: build in tmp/, then rename."""
+        build = self.spool / "tmp" / name
+        build.mkdir()
+        for fname, data in files.items():
+            (build / fname).write_bytes(data)
+        os.rename(build, self.spool / "incoming" / name)
+        return self.spool / "incoming" / name
+
     def entries(self, state: str) -> list[str]:
         return sorted(os.listdir(self.spool / state))
 

@@ -10,15 +10,6 @@ from pathlib import Path
 from helpers import FIXTURES, Daemon, wait_until
 
 
-def drop_dir(d: Daemon, name: str, files: dict[str, bytes]) -> None:
-    """Publish a hand-made job directory the right way: build aside, then rename."""
-    build = d.spool / "tmp" / name
-    build.mkdir()
-    for fname, data in files.items():
-        (build / fname).write_bytes(data)
-    os.rename(build, d.spool / "incoming" / name)
-
-
 def job_json(**over: object) -> bytes:
     d = {"id": "x", "submitted_at": "2026-11-24T03:15:01.123456Z", "options": {}}
     d.update(over)
@@ -41,12 +32,12 @@ def test_hostile_entries_fail_clearly_and_daemon_keeps_running(
     os.mkfifo(inc / "pipe.wav")
     os.symlink(outside, inc / "link.wav")
     (inc / os.fsdecode(b"caf\xe9-latin1.wav")).write_bytes(b"\x00" * 3000)
-    drop_dir(d, "nojobjson", {"a.wav": b"RIFF"})
-    drop_dir(d, "badjson", {"a.wav": b"RIFF", "job.json": b"{not json"})
-    drop_dir(d, "unknownopt", {"a.wav": (FIXTURES / "hello.wav").read_bytes(),
+    d.publish_dir("nojobjson", {"a.wav": b"RIFF"})
+    d.publish_dir("badjson", {"a.wav": b"RIFF", "job.json": b"{not json"})
+    d.publish_dir("unknownopt", {"a.wav": (FIXTURES / "hello.wav").read_bytes(),
                                "job.json": job_json(id="unknownopt",
                                                     options={"colour": "blue"})})
-    drop_dir(d, "traversal", {"a.wav": b"RIFF",
+    d.publish_dir("traversal", {"a.wav": b"RIFF",
                               "job.json": job_json(id="traversal",
                                                    source_name="../../etc/passwd")})
     expected = {

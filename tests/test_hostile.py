@@ -32,16 +32,6 @@ def hostile_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]
     d.close()
 
 
-def drop_dir(d: Daemon, name: str, files: dict[str, bytes]) -> Path:
-    """Build a job directory in tmp/ and publish it with one rename."""
-    build = d.spool / "tmp" / name
-    build.mkdir()
-    for fname, data in files.items():
-        (build / fname).write_bytes(data)
-    os.rename(build, d.spool / "incoming" / name)
-    return d.spool / "incoming" / name
-
-
 def build_dir(d: Daemon, name: str) -> Path:
     build = d.spool / "tmp" / name
     build.mkdir()
@@ -127,32 +117,32 @@ def test_hostile_corpus(hostile_daemon: Daemon, tmp_path: Path) -> None:
     os.link(hard_src, inc / "hardlink.wav")  # transcribed: see the module docstring
 
     # --- job directories ------------------------------------------------------------
-    drop_dir(d, "huge", {"a.wav": hello, "job.json": job_json("huge", submitter="x" * 70000)})
+    d.publish_dir("huge", {"a.wav": hello, "job.json": job_json("huge", submitter="x" * 70000)})
     expected["huge"] = ("InvalidJob", "huge", "larger than")
-    drop_dir(d, "deep", {"a.wav": hello,
+    d.publish_dir("deep", {"a.wav": hello,
                          "job.json": b'{"id": "deep", "options": {"model": ' + b"[" * 30000 +
                          b"]" * 30000 + b"}}"})
     expected["deep"] = ("InvalidJob", "deep", "nested")
-    drop_dir(d, "idtype", {"a.wav": hello, "job.json": job_json("x", id=42)})
+    d.publish_dir("idtype", {"a.wav": hello, "job.json": job_json("x", id=42)})
     expected["idtype"] = ("InvalidJob", "idtype", "'id'")
-    drop_dir(d, "idescape", {"a.wav": hello, "job.json": job_json("../../decoy/x")})
+    d.publish_dir("idescape", {"a.wav": hello, "job.json": job_json("../../decoy/x")})
     expected["idescape"] = ("InvalidJob", "idescape", "'id'")
-    drop_dir(d, "when", {"a.wav": hello, "job.json": job_json("when", submitted_at=["now"])})
+    d.publish_dir("when", {"a.wav": hello, "job.json": job_json("when", submitted_at=["now"])})
     expected["when"] = ("InvalidJob", "when", "'submitted_at'")
-    drop_dir(d, "attempts", {"a.wav": hello, "job.json": job_json("attempts", attempts=-1)})
+    d.publish_dir("attempts", {"a.wav": hello, "job.json": job_json("attempts", attempts=-1)})
     expected["attempts"] = ("InvalidJob", "attempts", "'attempts'")
-    drop_dir(d, "optslist", {"a.wav": hello, "job.json": job_json("optslist", options=["x"])})
+    d.publish_dir("optslist", {"a.wav": hello, "job.json": job_json("optslist", options=["x"])})
     expected["optslist"] = ("InvalidJob", "optslist", "'options' must be a mapping")
-    drop_dir(d, "beamtype", {"a.wav": hello,
+    d.publish_dir("beamtype", {"a.wav": hello,
                              "job.json": job_json("beamtype", options={"beam_size": "five"})})
     expected["beamtype"] = ("InvalidOption", "beamtype", "'beam_size'")
-    drop_dir(d, "fmtescape", {"a.wav": hello, "job.json": job_json(
+    d.publish_dir("fmtescape", {"a.wav": hello, "job.json": job_json(
         "fmtescape", options={"formats": ["../../decoy/x"]})})
     expected["fmtescape"] = ("InvalidOption", "fmtescape", "'formats'")
-    drop_dir(d, "modelpath", {"a.wav": hello, "job.json": job_json(
+    d.publish_dir("modelpath", {"a.wav": hello, "job.json": job_json(
         "modelpath", options={"model": str(decoy)})})
     expected["modelpath"] = ("UnknownModel", "modelpath", "not configured")
-    drop_dir(d, "multi", {"x.wav": hello, "y.wav": hello,
+    d.publish_dir("multi", {"x.wav": hello, "y.wav": hello,
                           "job.json": job_json("multi", source_name=None)})
     expected["multi"] = ("InvalidJob", "multi", "candidate audio files")
     b = build_dir(d, "srclink")
@@ -180,7 +170,7 @@ def test_hostile_corpus(hostile_daemon: Daemon, tmp_path: Path) -> None:
     os.mkfifo(b / "job.json")
     publish(d, b)
     expected["jsonfifo"] = ("InvalidJob", "jsonfifo", "not a regular file")
-    drop_dir(d, "truncflac", {"a.flac": (FIXTURES / "silence30.flac").read_bytes()[:600],
+    d.publish_dir("truncflac", {"a.flac": (FIXTURES / "silence30.flac").read_bytes()[:600],
                               "job.json": job_json("truncflac", source_name="a.flac")})
     # Its header still declares 30 s: rejected before decoding (max_audio_seconds=20).
     expected["truncflac"] = ("AudioTooLong", "a.flac", "")
