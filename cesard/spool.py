@@ -61,7 +61,6 @@ import os
 import secrets
 import shutil
 import stat
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -678,6 +677,3 @@ def _kind(mode: int) -> str:
         return "directory"
     return "special file"
 
-
-def now() -> float:
-    return time.time()

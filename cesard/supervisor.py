@@ -106,7 +106,6 @@ class Supervisor:
         self.on_disk = {"done": 0, "failed": 0}  # entries in done/ and failed/
         self.metrics = Metrics()
         self.metrics_error_logged = False
-        self.failures_seen = 0
         self.disk_full_until = 0.0
         self.disk_full_logged = False
         self.next_rescan = 0.0
@@ -577,14 +576,12 @@ class Supervisor:
         self.status_urgent = True
         shown = jobmod.display_name(job.audio) if job.audio else "-"
         if status == "done":
-            t = transcript or {}
             rtf = result["timings"]["realtime_factor"]
             log.info("job=%s done: file=%s duration=%.1fs realtime=%sx attempts=%d status=done",
                      job.id, shown, t.get("duration") or 0.0, rtf, attempts)
         elif status == "cancelled":
             log.info("job=%s cancelled: file=%s status=cancelled", job.id, shown)
         else:
-            self.failures_seen += 1
             assert error is not None
             log.error("job=%s failed: file=%s %s: %s status=failed", job.id, shown, error.type,
                       error)
@@ -944,7 +941,7 @@ class Supervisor:
         fin = self.metrics.finished
         log.info("stopped: %d done, %d failed, %d cancelled since start", fin["done"],
                  fin["failed"], fin["cancelled"])
-        if self.drain and self.failures_seen:
+        if self.drain and self.metrics.finished["failed"]:
             return 1
         return self.exit_code or 0
 
