@@ -555,6 +555,14 @@ class Container:
         self.run(["journalctl", "--sync"], check=False)
         return self.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit]).stdout
 
+    def wait_journal(self, unit: str, text: str, timeout: float = 30.0) -> str:
+        """Poll the unit's journal until it contains ``text``; fail past ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.journal(unit)):
+            assert time.monotonic() < deadline, f"no {text!r} in the journal:\n{log}"
+            time.sleep(0.2)
+        return log
+
 
 def boot_with_venv(requirements: Sequence[str], local: Sequence[str] = (),
                    packages: Iterable[str] = PACKAGES, **kw) -> Container:

@@ -65,10 +65,7 @@ def test_cesard_under_systemd(cesard_container: nspawn.Container) -> None:
         assert res["status"] == "done" and res["text"] == "", res
 
     c.systemctl("reload", "cesard.service")
-    deadline = time.monotonic() + 30
-    while "configuration reloaded" not in c.journal("cesard.service"):
-        assert time.monotonic() < deadline, c.journal("cesard.service")
-        time.sleep(0.2)
+    c.wait_journal("cesard.service", "configuration reloaded")
     assert c.show("cesard.service", "ActiveState")["ActiveState"] == "active"
 
     c.systemctl("stop", "cesard.service")

@@ -99,10 +99,7 @@ def test_standin_lifecycle(fresh_container: nspawn.Container) -> None:
     # systemd 252 returns once ExecReload (kill -HUP) is done; the daemon
     # acts on the flag from its loop (RELOADING=1 ... READY=1)
     c.systemctl("reload", "cesard.service")
-    deadline = time.monotonic() + 10
-    while "standin: reloaded" not in c.journal("cesard.service"):
-        assert time.monotonic() < deadline, c.journal("cesard.service")
-        time.sleep(0.2)
+    c.wait_journal("cesard.service", "standin: reloaded", timeout=10)
     assert c.show("cesard.service", "ActiveState")["ActiveState"] == "active"
 
     # the live sandbox, as systemd sees it
