@@ -163,7 +163,9 @@ class WhisperEngine:
             samples = decode_audio(audio, sampling_rate=16000)
         except Exception as e:  # noqa: BLE001 - PyAV raises many error types
             raise jobmod.UndecodableAudio(
-                f"{shown} could not be decoded as audio ({type(e).__name__}: {e})") from e
+                f"{shown} could not be decoded as audio ({type(e).__name__}: {e}); check that "
+                "it is a complete audio or video file (ffmpeg can read it), then submit it "
+                "again") from e
         duration = len(samples) / 16000.0
         if duration == 0:
             raise jobmod.UndecodableAudio(f"{shown} holds no audio samples (truncated or not "
@@ -204,7 +206,8 @@ class WhisperEngine:
         except jobmod.JobError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise jobmod.EngineError(f"transcription of {shown} failed: "
+            raise jobmod.EngineError(f"transcription of {shown} failed (retry it with "
+                                     f"'cesarctl retry'; report it if it fails again): "
                                      f"{type(e).__name__}: {e}") from e
         progress(1.0, None)
         return {
