@@ -89,7 +89,7 @@ class Config:
         return {**bundled_models(), **self.models}
 
     def job_defaults(self) -> jobmod.JobOptions:
-        return jobmod.parse_options(self.defaults, where="defaults")
+        return jobmod.parse_options(self.defaults, where=f"{self.source}: key 'defaults'")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -184,7 +184,7 @@ def parse(raw: Any, source: str) -> Config:
     try:
         cfg.job_defaults()
     except jobmod.InvalidOption as e:
-        raise ConfigError(f"{source}: key 'defaults': {e}") from e
+        raise ConfigError(str(e)) from e
     if cfg.job_defaults().model not in cfg.model_dirs and cfg.engine == "faster-whisper":
         raise ConfigError(f"{source}: key 'defaults': model {cfg.job_defaults().model!r} is not "
                           f"in 'models' (configured: {', '.join(cfg.model_dirs) or 'none'})")

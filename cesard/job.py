@@ -166,7 +166,7 @@ def _check(cond: bool, key: str, msg: str) -> None:
 def parse_options(raw: Any, base: JobOptions | None = None, where: str = "job.json") -> JobOptions:
     """Validate a mapping of options over ``base``; unknown keys are errors.
 
-    Raises :class:`InvalidOption` naming the key and what is allowed.
+    Raises :class:`InvalidOption` naming ``where``, the key and what is allowed.
     """
     base = base or JobOptions()
     if raw is None:
@@ -175,35 +175,41 @@ def parse_options(raw: Any, base: JobOptions | None = None, where: str = "job.js
         raise InvalidOption(f"{where}: 'options' must be a mapping, got {type(raw).__name__}")
     out: dict[str, Any] = {}
     for key, val in raw.items():
-        if key not in OPTION_NAMES:
-            raise InvalidOption(
-                f"{where}: unknown option {key!r}; known options: {', '.join(OPTION_NAMES)}"
-            )
-        if key == "model":
-            _check(isinstance(val, str) and 0 < len(val) <= 200, key, "must be a model name")
-        elif key == "language":
-            _check(val is None or (isinstance(val, str) and bool(LANG_RE.match(val))), key,
-                   "must be null or a language code such as 'en'")
-        elif key == "task":
-            _check(val in TASKS, key, f"must be one of {', '.join(TASKS)}")
-        elif key == "beam_size":
-            _check(isinstance(val, int) and not isinstance(val, bool) and 1 <= val <= 20, key,
-                   "must be an integer from 1 to 20")
-        elif key in ("vad_filter", "word_timestamps", "exclusive"):
-            _check(isinstance(val, bool), key, "must be true or false")
-        elif key == "initial_prompt":
-            _check(val is None or (isinstance(val, str) and len(val) <= 2000), key,
-                   "must be null or a string of at most 2000 characters")
-        elif key == "priority":
-            _check(val in PRIORITIES, key, f"must be one of {', '.join(PRIORITIES)}")
-        elif key == "formats":
-            if isinstance(val, str):
-                val = [val]
-            _check(isinstance(val, list) and all(f in FORMATS for f in val), key,
-                   f"must be a list drawn from {', '.join(FORMATS)}")
-            val = tuple(dict.fromkeys(["txt", *val]))
-        out[key] = val
+        try:
+            out[key] = _check_option(key, val)
+        except InvalidOption as e:
+            raise InvalidOption(f"{where}: {e}") from None
     return replace(base, **out)
+
+
+def _check_option(key: str, val: Any) -> Any:
+    """One option's value, validated (``formats`` normalised); InvalidOption names the key."""
+    if key not in OPTION_NAMES:
+        raise InvalidOption(f"unknown option {key!r}; known options: {', '.join(OPTION_NAMES)}")
+    if key == "model":
+        _check(isinstance(val, str) and 0 < len(val) <= 200, key, "must be a model name")
+    elif key == "language":
+        _check(val is None or (isinstance(val, str) and bool(LANG_RE.match(val))), key,
+               "must be null or a language code such as 'en'")
+    elif key == "task":
+        _check(val in TASKS, key, f"must be one of {', '.join(TASKS)}")
+    elif key == "beam_size":
+        _check(isinstance(val, int) and not isinstance(val, bool) and 1 <= val <= 20, key,
+               "must be an integer from 1 to 20")
+    elif key in ("vad_filter", "word_timestamps", "exclusive"):
+        _check(isinstance(val, bool), key, "must be true or false")
+    elif key == "initial_prompt":
+        _check(val is None or (isinstance(val, str) and len(val) <= 2000), key,
+               "must be null or a string of at most 2000 characters")
+    elif key == "priority":
+        _check(val in PRIORITIES, key, f"must be one of {', '.join(PRIORITIES)}")
+    elif key == "formats":
+        if isinstance(val, str):
+            val = [val]
+        _check(isinstance(val, list) and all(f in FORMATS for f in val), key,
+               f"must be a list drawn from {', '.join(FORMATS)}")
+        val = tuple(dict.fromkeys(["txt", *val]))
+    return val
 
 
 @dataclass

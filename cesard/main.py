@@ -79,7 +79,8 @@ def _run(cfg: configmod.Config, spool: Spool, args: argparse.Namespace,
         log.error("cannot create spool %s: %s; create it or fix its permissions",
                   spool.root, e.strerror)
         return EX_CANTCREAT
-    config_path = args.config or os.environ.get("CESAR_CONFIG") or (
+    # args.config already holds $CESAR_CONFIG (see main).
+    config_path = args.config or (
         str(configmod.DEFAULT_CONFIG) if Path(configmod.DEFAULT_CONFIG).exists() else None)
     sup = Supervisor(cfg, spool, config_path, notifier=Notifier(ready_fd), drain=args.drain)
     try:

@@ -376,8 +376,7 @@ class Spool:
         except FileNotFoundError:
             shutil.rmtree(dst, ignore_errors=True)
             return None
-        meta = JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(st.st_mtime),
-                       submitter=_owner(st.st_uid), source_name=name)
+        meta = _bare_meta(job_id, name, st)
         try:
             write_atomic(dst, META, meta.to_json())
         except OSError:
@@ -641,8 +640,7 @@ class Spool:
         st = os.lstat(stolen / names[0])
         if not stat.S_ISREG(st.st_mode) or not jobmod.valid_id(base):
             return None
-        meta = JobMeta(id=base, options={}, submitted_at=jobmod.iso(st.st_mtime),
-                       submitter=_owner(st.st_uid), source_name=names[0])
+        meta = _bare_meta(base, names[0], st)
         self._clear_outputs(stolen)
         self._replace_meta(stolen, meta)
         return "incoming", self._move(stolen, "incoming", base).name
@@ -656,6 +654,12 @@ class Spool:
             if os.path.lexists(p):
                 return state, p
         return None
+
+
+def _bare_meta(job_id: str, name: str, st: os.stat_result) -> JobMeta:
+    """The job.json of a bare file: default options, arrived at its mtime, from its owner."""
+    return JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(st.st_mtime),
+                   submitter=_owner(st.st_uid), source_name=name)
 
 
 def _owner(uid: int) -> str:

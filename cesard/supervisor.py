@@ -506,7 +506,7 @@ class Supervisor:
                                            where=f"{c.id}/job.json")
             if self.cfg.engine == "faster-whisper" and options.model not in self.cfg.model_dirs:
                 raise jobmod.UnknownModel(
-                    f"model {options.model!r} is not configured (configured: "
+                    f"{c.id}/job.json: model {options.model!r} is not configured (configured: "
                     f"{', '.join(self.cfg.model_dirs)}); pick one of those or add it under "
                     "'models' in the configuration")
             audio, size = self.spool.find_audio(c.path, meta, self.cfg.max_file_bytes)
@@ -514,11 +514,7 @@ class Supervisor:
             if meta is None:
                 meta = JobMeta(id=c.id, options={}, submitted_at=started_at)
             bad = Running(c.id, c.path, meta, JobOptions(), "", 0, started_at, now, now)
-            err = e
-            if isinstance(e, (jobmod.InvalidOption, jobmod.UnknownModel)) \
-                    and "job.json" not in str(e):
-                err = type(e)(f"{c.id}/job.json: {e}")  # name the job, not only the option
-            self._finish(bad, "failed", None, None, err, now)
+            self._finish(bad, "failed", None, None, e, now)
             return None
         timeout = self.cfg.job_timeout or max(120.0, 120.0 + size / 1e6)
         log.info("job=%s claimed: %s (%d bytes, priority %s, attempt %d)", c.id,
