@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pwd
 import re
 import secrets
 import socket
@@ -69,6 +70,10 @@ class UnknownModel(JobError):
 
 class Cancelled(JobError):
     type = "Cancelled"
+
+
+class QuotaExceeded(JobError):
+    type = "QuotaExceeded"
 
 
 class TransientError(JobError):
@@ -229,6 +234,7 @@ class JobMeta:
     attempts: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
     not_before: str | None = None
+    owner: int | None = None  # uid; set by the daemon from the filesystem, never trusted input
     schema: int = SCHEMA
 
     def to_json(self) -> bytes:
@@ -236,7 +242,7 @@ class JobMeta:
             "schema": self.schema, "id": self.id, "submitted_at": self.submitted_at,
             "submitter": self.submitter, "source_name": self.source_name,
             "options": self.options, "attempts": self.attempts, "errors": self.errors,
-            "not_before": self.not_before,
+            "not_before": self.not_before, "owner": self.owner,
         }
         return (json.dumps(d, indent=2, ensure_ascii=False) + "\n").encode()
 
@@ -255,7 +261,7 @@ class JobMeta:
         if not isinstance(d, dict):
             raise InvalidJob(f"{where} must hold a JSON object")
         known = {"schema", "id", "submitted_at", "submitter", "source_name", "options",
-                 "attempts", "errors", "not_before"}
+                 "attempts", "errors", "not_before", "owner"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise InvalidJob(f"{where}: unknown key {unknown[0]!r}; known keys: "
@@ -284,9 +290,13 @@ class JobMeta:
         opts = d.get("options") or {}
         if not isinstance(opts, dict):
             raise InvalidJob(f"{where}: 'options' must be a mapping")
+        owner = d.get("owner")
+        if owner is not None and (not isinstance(owner, int) or isinstance(owner, bool)):
+            raise InvalidJob(f"{where}: 'owner' must be a uid")
         return cls(id=job_id, options=opts, submitted_at=str(sub),
                    submitter=str(d.get("submitter", "")), source_name=src,
-                   attempts=attempts, errors=errors, not_before=d.get("not_before"))
+                   attempts=attempts, errors=errors, not_before=d.get("not_before"),
+                   owner=owner)
 
 
 def display_name(name: str) -> str:
@@ -305,11 +315,24 @@ def safe_name(name: str) -> str:
     return cleaned.lstrip(".")[:200] or "audio"
 
 
+def user_name(uid: int) -> str:
+    """The login name of ``uid``, or the number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def owner_dict(uid: int | None) -> dict[str, Any] | None:
+    """``{"uid": 1001, "name": "alice"}`` for result.json (the name as of now)."""
+    return None if uid is None else {"uid": uid, "name": user_name(uid)}
+
+
 def make_result(
     meta: JobMeta,
     status: str,
     options: JobOptions | None,
-    source: dict[str, Any] | None,
+    source: dict[str, Any],
     started_at: str | None,
     finished_at: str,
     worker: str,
@@ -335,6 +358,7 @@ def make_result(
         "options": options.to_dict() if options else meta.options,
         "submitted_at": meta.submitted_at,
         "submitter": meta.submitter,
+        "owner": owner_dict(meta.owner),
         "started_at": started_at,
         "finished_at": finished_at,
         "attempts": attempts,

@@ -56,12 +56,13 @@ This module imports nothing of cesard but :mod:`cesard.job`.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,17 @@ IGNORED_SUFFIXES = (".part", ".tmp", ".partial", "~")
 LEASE = "claim.json"
 META = "job.json"
 RESULT = "result.json"
-RESERVED = {META, LEASE, RESULT}
+SUBMISSION = "submission"  # a dropped job directory inside its claim, until adopted
+RESERVED = {META, LEASE, RESULT, SUBMISSION}
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 
 
 class SpoolError(Exception):
     """The spool itself is missing or unusable (not a job's fault)."""
+
+
+class Unclaimable(PermissionError):
+    """The daemon may not take this entry (unreadable file, immovable directory)."""
 
 
 # --- durable file primitives -------------------------------------------------
@@ -218,8 +224,9 @@ class Claimed:
 
     id: str
     path: Path
-    meta: JobMeta | None
+    meta: JobMeta
     bare: bool
+    error: jobmod.JobError | None = None  # what was dropped cannot run (fails the job)
 
 
 class Spool:
@@ -227,6 +234,9 @@ class Spool:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        # Set by the daemon for a shared spool in privacy: owner (cesard.privacy).
+        self.protect: Callable[[Path, int | None], None] | None = None
+        self.job_dir_mode = 0o750
 
     def __repr__(self) -> str:
         return f"Spool({str(self.root)!r})"
@@ -320,45 +330,26 @@ class Spool:
                 yield e.name
 
     def claim(self, entry: Entry, me: Claimer, now: float) -> Claimed | None:
-        """Claim ``entry`` by rename; None if another claimer won (or it vanished)."""
+        """Claim ``entry``; None if another claimer won (or it vanished).
+
+        The claimer makes ``processing/ID`` itself (so nothing a member made is a
+        running job's directory), writes its lease there, then renames the entry
+        into it: the rename decides among racing claimers. :meth:`adopt` then takes
+        the audio and options out of what was dropped. Raises :class:`Unclaimable`
+        when the daemon may not take the entry (a file it cannot read, a directory it
+        cannot move): it stays in incoming/ untouched.
+        """
         src = self.dir("incoming") / entry.name
-        proc = self.dir("processing")
-        if entry.is_dir:
-            if not jobmod.valid_id(entry.name):
-                job_id = jobmod.new_job_id()
-            else:
-                job_id = entry.name
-            dst = proc / job_id
-            try:
-                os.rename(src, dst)
-            except FileNotFoundError:
-                return None
-            except OSError as e:
-                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    # A job of that id is already running: take this one under a new id.
-                    job_id = jobmod.new_job_id()
-                    dst = proc / job_id
-                    try:
-                        os.rename(src, dst)
-                    except FileNotFoundError:
-                        return None
-                else:
-                    raise
-            try:
-                write_atomic(dst, LEASE, me.lease(now), durable=False)
-            except OSError:
-                # No lease (a full disk): undo the claim rather than leave an entry
-                # that only lease expiry would recover, with an attempt counted.
-                try:
-                    os.rename(dst, src)
-                except OSError:
-                    pass
-                raise
-            fsync_dir(proc)
-            return Claimed(job_id, dst, None, bare=False)
-        job_id = jobmod.new_job_id()
-        dst = proc / job_id
-        dst.mkdir(mode=0o770)
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            return None
+        if entry.is_dir and st.st_uid == os.geteuid():
+            return self._claim_own_dir(entry, me, now)
+        if stat.S_ISREG(st.st_mode):
+            _check_readable(src, entry.name)
+        job_id = entry.name if entry.is_dir and jobmod.valid_id(entry.name) else None
+        dst = self._new_job_dir(job_id)
         try:
             write_atomic(dst, LEASE, me.lease(now), durable=False)
         except OSError as e:
@@ -366,28 +357,141 @@ class Spool:
             if isinstance(e, FileNotFoundError):
                 return None  # a recoverer removed our empty directory: try again later
             raise
-        # The job keeps the file's name unless it is unusable in JSON (jobmod.safe_name).
-        name = jobmod.safe_name(entry.name)
-        if name in RESERVED:
-            name = "audio-" + name
+        inner = SUBMISSION if entry.is_dir else _audio_name(entry.name)
         try:
-            st = os.lstat(src)
-            os.rename(src, dst / name)
-        except FileNotFoundError:
+            os.rename(src, dst / inner)
+        except OSError as e:
             shutil.rmtree(dst, ignore_errors=True)
-            return None
-        meta = _bare_meta(job_id, name, st)
+            if isinstance(e, FileNotFoundError):
+                return None
+            if e.errno in (errno.EACCES, errno.EPERM):
+                raise Unclaimable(
+                    f"{jobmod.display_name(entry.name)} (owner {jobmod.user_name(st.st_uid)}) "
+                    f"cannot be moved by the daemon ({e.strerror}): give the daemon's user write "
+                    "access to the directory, or submit with 'cesarctl submit'") from e
+            raise
         try:
-            write_atomic(dst, META, meta.to_json())
+            claimed = self.adopt(dst, st)
         except OSError:
-            try:  # give the file back as it was found (a full disk)
-                os.rename(dst / name, src)
+            try:  # give the entry back as it was found (a full disk)
+                os.rename(dst / inner, src)
                 shutil.rmtree(dst, ignore_errors=True)
             except OSError:
-                pass  # recovery adopts it (see _adopt_bare_claim)
+                pass  # recovery adopts it (see recover)
             raise
-        fsync_dir(proc)
-        return Claimed(job_id, dst, meta, bare=True)
+        fsync_dir(self.dir("processing"))
+        return claimed
+
+    def _claim_own_dir(self, entry: Entry, me: Claimer, now: float) -> Claimed | None:
+        """Claim a job directory the daemon's user made (a requeued or retried job, or
+        one its own user dropped) by renaming it into processing/: its job.json,
+        owner included, is the daemon's own."""
+        src = self.dir("incoming") / entry.name
+        job_id = entry.name if jobmod.valid_id(entry.name) else jobmod.new_job_id()
+        for _ in range(100):
+            dst = self.dir("processing") / job_id
+            try:
+                os.rename(src, dst)
+                break
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                job_id = jobmod.new_job_id()  # that id is running: take this one under a new id
+        try:
+            write_atomic(dst, LEASE, me.lease(now), durable=False)
+        except OSError:
+            # No lease (a full disk): undo the claim rather than leave an entry
+            # that only lease expiry would recover, with an attempt counted.
+            try:
+                os.rename(dst, src)
+            except OSError:
+                pass
+            raise
+        fsync_dir(self.dir("processing"))
+        st = os.lstat(dst)
+        try:
+            meta = self.read_meta(dst)
+        except jobmod.JobError as e:
+            meta = JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(st.st_mtime),
+                           owner=st.st_uid, submitter=jobmod.user_name(st.st_uid))
+            return Claimed(job_id, dst, meta, bare=False, error=e)
+        if meta.owner is None:
+            meta.owner, meta.submitter = st.st_uid, jobmod.user_name(st.st_uid)
+        return Claimed(job_id, dst, meta, bare=False)
+
+    def _new_job_dir(self, job_id: str | None) -> Path:
+        """mkdir ``processing/ID`` (a new id when ``job_id`` is None or taken)."""
+        for _ in range(100):
+            path = self.dir("processing") / (job_id or jobmod.new_job_id())
+            try:
+                path.mkdir(mode=0o700)
+            except FileExistsError:
+                job_id = None  # a job of that id is running: take this one under a new id
+                continue
+            os.chmod(path, self.job_dir_mode)
+            return path
+        raise OSError(errno.EEXIST, "no free job id in processing/")
+
+    def adopt(self, job_dir: Path, st: os.stat_result | None = None,
+              job_id: str | None = None) -> Claimed:
+        """Turn what a claim moved into ``job_dir`` into a job (idempotent; recovery too).
+
+        A bare file gets the ``job.json`` of its defaults. A dropped directory
+        (``job_dir/submission``) gives its ``job.json`` options and its audio file,
+        which moves up into ``job_dir``; the rest of it is removed. The owner is
+        the uid that owns the dropped entry; ``submitter`` is that user's name,
+        whatever the dropped ``job.json`` says. A problem with what was dropped is
+        kept in :attr:`Claimed.error` and fails the job.
+        """
+        job_id = job_id or job_dir.name
+        sub = job_dir / SUBMISSION
+        error: jobmod.JobError | None = None
+        dropped_dir = os.path.lexists(sub)
+        if os.path.lexists(job_dir / META) and not dropped_dir:
+            return Claimed(job_id, job_dir, self.read_meta(job_dir), bare=False)
+        if dropped_dir:
+            st = st or os.lstat(sub)
+            meta = JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(st.st_mtime))
+            try:
+                if not stat.S_ISDIR(os.lstat(sub).st_mode):
+                    raise jobmod.UnsupportedFile(
+                        f"{job_id} was dropped as a {_kind(os.lstat(sub).st_mode)}; drop a "
+                        "regular audio file or a job directory")
+                meta = self.read_meta(sub, job_id)
+                meta.attempts, meta.not_before = 0, None
+                meta.source_name = self._take_audio(sub, job_dir, meta)
+            except jobmod.JobError as e:
+                error = e
+        else:
+            names = self.candidates(job_dir)
+            if len(names) != 1:
+                raise jobmod.InvalidJob(f"claim {job_id} holds {len(names)} files")
+            st = st or os.lstat(job_dir / names[0])
+            meta = _bare_meta(job_id, names[0], st)
+        meta.id = job_id
+        meta.owner = st.st_uid
+        meta.submitter = jobmod.user_name(st.st_uid)
+        write_atomic(job_dir, META, meta.to_json())
+        if error is None and dropped_dir:
+            _remove_tree(sub)
+        if self.protect is not None:
+            self.protect(job_dir, meta.owner)
+        return Claimed(job_id, job_dir, meta, bare=not dropped_dir, error=error)
+
+    def _take_audio(self, sub: Path, job_dir: Path, meta: JobMeta) -> str:
+        """Move the dropped directory's audio into the job directory; its name there."""
+        name, _size = self.find_audio(sub, meta, 0)
+        final = _audio_name(name)
+        os.rename(sub / name, job_dir / final)
+        return final
+
+    def candidates(self, job_dir: Path) -> list[str]:
+        """Names in a job directory that may be its audio."""
+        return [n for n in os.listdir(job_dir)
+                if n not in RESERVED and not n.startswith(".")
+                and not n.startswith("transcript.")]
 
     def heartbeat(self, job_id: str, me: Claimer, now: float) -> None:
         """Refresh a running job's lease (not durable: a lost heartbeat is harmless)."""
@@ -396,26 +500,27 @@ class Spool:
         except OSError:
             pass  # gone, or a full disk: the next heartbeat tries again
 
-    def read_meta(self, job_dir: Path) -> JobMeta:
-        """``job.json`` of a claimed job, validated; raises InvalidJob naming the problem."""
+    def read_meta(self, job_dir: Path, job_id: str | None = None) -> JobMeta:
+        """``job.json`` of a job directory, validated; raises InvalidJob naming the problem."""
+        job_id = job_id or job_dir.name
         try:
             data = read_small(job_dir / META, jobmod.MAX_JOB_JSON_BYTES)
         except FileNotFoundError as e:
             raise jobmod.InvalidJob(
-                f"job directory {job_dir.name} has no job.json; submit audio with "
+                f"job directory {job_id} has no job.json; submit audio with "
                 "'cesarctl submit' or copy a bare audio file into incoming/") from e
         except OSError as e:
-            raise jobmod.InvalidJob(f"cannot read job.json of {job_dir.name}: {e}") from e
+            raise jobmod.InvalidJob(f"cannot read job.json of {job_id}: {e}") from e
         except jobmod.InvalidJob as e:  # not a regular file, too large: name the job
-            raise jobmod.InvalidJob(f"{job_dir.name}/{e}") from e
-        return JobMeta.from_json(data, where=f"{job_dir.name}/job.json")
+            raise jobmod.InvalidJob(f"{job_id}/{e}") from e
+        return JobMeta.from_json(data, where=f"{job_id}/job.json")
 
     def find_audio(self, job_dir: Path, meta: JobMeta, max_bytes: int) -> tuple[str, int]:
         """Name and size of the job's audio, checked with lstat only.
 
         Raises UnsupportedFile, EmptyFile or FileTooLarge naming the file.
         """
-        names = [n for n in os.listdir(job_dir) if n not in RESERVED and not n.startswith(".")]
+        names = self.candidates(job_dir)
         if meta.source_name is not None:
             if meta.source_name not in names:
                 raise jobmod.InvalidJob(
@@ -438,6 +543,10 @@ class Spool:
         if not stat.S_ISREG(st.st_mode):
             raise jobmod.UnsupportedFile(f"{shown} is a {_kind(st.st_mode)}, not a regular "
                                          "file; only regular audio files are transcribed")
+        if st.st_nlink > 1:
+            raise jobmod.UnsupportedFile(
+                f"{shown} has {st.st_nlink} hard links; copy the audio itself into incoming/ "
+                "(hard links, like symbolic links, are never taken)")
         if st.st_size == 0:
             raise jobmod.EmptyFile(f"{shown} is empty (0 bytes); copy the complete file again")
         if max_bytes and st.st_size > max_bytes:
@@ -445,6 +554,32 @@ class Spool:
                 f"{shown} has {st.st_size} bytes, more than max_file_bytes={max_bytes}; "
                 "split it or raise max_file_bytes")
         return name, st.st_size
+
+    def describe_source(self, job_dir: Path, meta: JobMeta, hash_limit: int) -> dict[str, Any]:
+        """``result.json`` ``source`` of a job that never reached a worker: the dropped
+        name, its type, bytes and sha256 (hashed only when it is a regular file of at
+        most ``hash_limit`` bytes, opened without following links or blocking)."""
+        base = job_dir / SUBMISSION if os.path.isdir(job_dir / SUBMISSION) else job_dir
+        name = meta.source_name
+        if name is None or not os.path.lexists(base / name):
+            names = self.candidates(base)
+            name = names[0] if len(names) == 1 else None
+        if name is None:
+            kind = "directory" if base != job_dir else "missing"
+            return {"name": jobmod.display_name(meta.source_name or meta.id), "type": kind,
+                    "bytes": None, "sha256": None}
+        try:
+            st = os.lstat(base / name)
+        except OSError:
+            return {"name": jobmod.display_name(name), "type": "missing", "bytes": None,
+                    "sha256": None}
+        regular = stat.S_ISREG(st.st_mode)
+        digest = None
+        if regular and st.st_nlink == 1 and (not hash_limit or st.st_size <= hash_limit):
+            digest = _sha256(base / name)
+        return {"name": jobmod.display_name(name),
+                "type": "regular file" if regular else _kind(st.st_mode),
+                "bytes": st.st_size if regular else None, "sha256": digest}
 
     # --- moves ---------------------------------------------------------------
 
@@ -580,8 +715,8 @@ class Spool:
         if not stolen.is_dir() or stolen.is_symlink():
             os.rename(stolen, self.dir("incoming") / base)  # the claim will reject it
             return "incoming", base
-        if not os.path.lexists(stolen / META):
-            adopted = self._adopt_bare_claim(stolen, base)
+        if not os.path.lexists(stolen / META) or os.path.lexists(stolen / SUBMISSION):
+            adopted = self._adopt_cut_claim(stolen, base)
             if adopted is not None:
                 return adopted
         try:
@@ -596,7 +731,8 @@ class Spool:
             err = jobmod.WorkerCrashed(f"{reason}; gave up after {meta.attempts} attempts "
                                        f"(max_attempts={max_attempts})")
             self._clear_outputs(stolen)
-            result = jobmod.make_result(meta, "failed", None, None, None, jobmod.iso(now), "",
+            source = self.describe_source(stolen, meta, 0)
+            result = jobmod.make_result(meta, "failed", None, source, None, jobmod.iso(now), "",
                                         meta.attempts, error=err)
             return "failed", self.finish(base, "failed", result, {}, True, None, stolen).name
         meta.errors.append(err.to_dict())
@@ -623,26 +759,22 @@ class Spool:
             removed.append(name)
         return removed
 
-    def _adopt_bare_claim(self, stolen: Path, base: str) -> tuple[str, str] | None:
-        """Finish a bare-file claim cut short before its ``job.json`` was written.
+    def _adopt_cut_claim(self, stolen: Path, base: str) -> tuple[str, str] | None:
+        """Finish a claim cut short before its ``job.json`` was written.
 
-        With no file in it, the claim never took its file (still in incoming/):
-        the directory goes. With one regular file, the job never ran: it gets the
-        ``job.json`` the claim would have written and goes back to incoming/
-        without an attempt counted. Anything else is left to the claim to reject.
+        With nothing dropped in it, the claim never took its entry (still in
+        incoming/): the directory goes. Otherwise the job never ran: it is adopted
+        (:meth:`adopt`) and goes back to incoming/ without an attempt counted.
         """
-        names = [n for n in os.listdir(stolen) if n not in RESERVED and not n.startswith(".")]
-        if not names:
+        names = self.candidates(stolen)
+        if not names and not os.path.lexists(stolen / SUBMISSION):
             shutil.rmtree(stolen, ignore_errors=True)
             return "", ""
-        if len(names) != 1:
+        try:
+            self.adopt(stolen, job_id=base)
+        except jobmod.JobError:
             return None
-        st = os.lstat(stolen / names[0])
-        if not stat.S_ISREG(st.st_mode) or not jobmod.valid_id(base):
-            return None
-        meta = _bare_meta(base, names[0], st)
         self._clear_outputs(stolen)
-        self._replace_meta(stolen, meta)
         return "incoming", self._move(stolen, "incoming", base).name
 
     def locate(self, job_id: str) -> tuple[str, Path] | None:
@@ -659,15 +791,54 @@ class Spool:
 def _bare_meta(job_id: str, name: str, st: os.stat_result) -> JobMeta:
     """The job.json of a bare file: default options, arrived at its mtime, from its owner."""
     return JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(st.st_mtime),
-                   submitter=_owner(st.st_uid), source_name=name)
+                   submitter=jobmod.user_name(st.st_uid), source_name=name, owner=st.st_uid)
 
 
-def _owner(uid: int) -> str:
+def _audio_name(name: str) -> str:
+    """The name a dropped audio file keeps in its job directory."""
+    name = jobmod.safe_name(name)
+    return "audio-" + name if name in RESERVED or name.startswith("transcript.") else name
+
+
+def _check_readable(path: Path, name: str) -> None:
+    """Unclaimable unless the daemon may open the regular file ``path`` for reading."""
     try:
-        import pwd
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, ImportError):
-        return str(uid)
+        os.close(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK))
+    except FileNotFoundError:
+        return  # gone: the claim's rename says so
+    except PermissionError as e:
+        owner = jobmod.user_name(os.lstat(path).st_uid)
+        raise Unclaimable(
+            f"{jobmod.display_name(name)} (owner {owner}) is not readable by the daemon: its "
+            "mode leaves the daemon's ACL entry no read bit (a copy of a 0600 file); its "
+            f"owner can run 'chmod g+r {jobmod.display_name(name)}' in incoming/ (the group "
+            "stays shut out by the ACL), or submit with 'cesarctl submit'") from e
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove what a member dropped (never following links); what cannot go stays."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _sha256(path: Path) -> str | None:
+    """sha256 of a regular file, opened without following links; None if unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _kind(mode: int) -> str:
@@ -679,5 +850,7 @@ def _kind(mode: int) -> str:
         return "device"
     if stat.S_ISDIR(mode):
         return "directory"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
     return "special file"
 

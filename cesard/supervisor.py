@@ -498,10 +498,10 @@ class Supervisor:
         """Validate a claimed job; a bad one is finished into failed/ here."""
         started_at = jobmod.iso(now)
         meta = c.meta
+        meta.id = c.id  # the directory's name is the id (a clash renames it at claim)
         try:
-            if meta is None:
-                meta = self.spool.read_meta(c.path)
-            meta.id = c.id  # the directory's name is the id (a clash renames it at claim)
+            if c.error is not None:
+                raise c.error
             options = jobmod.parse_options(meta.options, self.cfg.job_defaults(),
                                            where=f"{c.id}/job.json")
             if self.cfg.engine == "faster-whisper" and options.model not in self.cfg.model_dirs:
@@ -511,8 +511,6 @@ class Supervisor:
                     "'models' in the configuration")
             audio, size = self.spool.find_audio(c.path, meta, self.cfg.max_file_bytes)
         except jobmod.JobError as e:
-            if meta is None:
-                meta = JobMeta(id=c.id, options={}, submitted_at=started_at)
             bad = Running(c.id, c.path, meta, JobOptions(), "", 0, started_at, now, now)
             self._finish(bad, "failed", None, None, e, now)
             return None
@@ -551,6 +549,8 @@ class Supervisor:
                 transcript: dict[str, Any] | None, error: jobmod.JobError | None,
                 now: float) -> None:
         finished_at = jobmod.iso(now)
+        if source is None:
+            source = self.spool.describe_source(job.path, job.meta, self.cfg.max_file_bytes)
         attempts = job.meta.attempts + (1 if job.started_at else 0)
         result = jobmod.make_result(job.meta, status, job.options if job.audio else None, source,
                                     job.started_at, finished_at, self.me.worker_name, attempts,

@@ -59,13 +59,18 @@ def open_audio(path: str, name: str) -> tuple[BinaryIO, dict[str, Any]]:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise jobmod.UnsupportedFile(f"{shown} is not a regular file")
+    if st.st_nlink > 1:
+        os.close(fd)
+        raise jobmod.UnsupportedFile(f"{shown} has {st.st_nlink} hard links; copy the audio "
+                                     "itself (hard links are never taken)")
     os.set_blocking(fd, True)
     f = os.fdopen(fd, "rb")
     h = hashlib.sha256()
     while chunk := f.read(1 << 20):
         h.update(chunk)
     f.seek(0)
-    return f, {"name": shown, "bytes": st.st_size, "sha256": h.hexdigest()}
+    return f, {"name": shown, "type": "regular file", "bytes": st.st_size,
+               "sha256": h.hexdigest()}
 
 
 class Worker:

@@ -1,8 +1,8 @@
 """I6/I7 beyond tests/test_bad_input.py: a hostile corpus of more than twenty kinds.
 
 Each entry ends in failed/ with an error naming the file and the problem (a
-hard link to a file outside the spool is an ordinary regular file and is
-transcribed), nothing outside the spool is touched, and the daemon keeps
+hard link to a file outside the spool is refused like a symbolic link), nothing
+outside the spool is touched, and the daemon keeps
 running and still transcribes. The audio kinds need the real engine.
 """
 
@@ -114,7 +114,7 @@ def test_hostile_corpus(hostile_daemon: Daemon, tmp_path: Path) -> None:
     expected["long.flac"] = ("AudioTooLong", "long.flac", "max_audio_seconds=20")
     (inc / "empty.wav").mkdir()  # a directory named like audio
     expected["empty.wav"] = ("InvalidJob", "empty.wav", "no job.json")
-    os.link(hard_src, inc / "hardlink.wav")  # transcribed: see the module docstring
+    os.link(hard_src, inc / "hardlink.wav")  # refused: see the module docstring
 
     # --- job directories ------------------------------------------------------------
     d.publish_dir("huge", {"a.wav": hello, "job.json": job_json("huge", submitter="x" * 70000)})
@@ -216,11 +216,13 @@ def test_hostile_corpus(hostile_daemon: Daemon, tmp_path: Path) -> None:
                 or name_needle not in err["message"]:
             problems.append((key, etype, needle, err))
     assert not problems, "\n".join(map(str, problems))
-    # The hard link was an ordinary file: transcribed; the outside file untouched.
+    # A hard link (st_nlink > 1) is refused like a symlink; the outside file untouched.
     def hardlink_done() -> list[dict[str, Any]]:
         return [r for r in d.results() if (r["source"] or {}).get("name") == "hardlink.wav"]
-    hl = wait_until(hardlink_done, 60, "the hard-linked file to be transcribed")
-    assert hl[0]["status"] == "done" and "hello" in hl[0]["text"].lower()
+    hl = wait_until(hardlink_done, 60, "the hard-linked file to be refused")
+    assert hl[0]["status"] == "failed" and hl[0]["error"]["type"] == "UnsupportedFile"
+    assert "2 hard links" in hl[0]["error"]["message"], hl[0]["error"]
+    assert hl[0]["source"]["type"] == "regular file" and hl[0]["source"]["sha256"] is None
     assert (hard_src.stat().st_mtime_ns, hard_src.read_bytes()) == hard_before
     # Nothing outside the spool touched; control requests consumed; nothing stuck.
     assert snapshot(decoy) == before

@@ -1,0 +1,222 @@
+"""Who may see and touch which job: owners, the spool's layout, POSIX ACLs.
+
+Two modes (config ``privacy``):
+
+``owner`` (the default)
+    Each job is its owner's alone, and the kernel enforces it. ``tmp/``,
+    ``incoming/`` and ``control/`` are mode 1730 (members may create entries
+    but not list them, and the sticky bit keeps them from renaming or
+    removing what is not theirs) with a default ACL that makes everything a
+    member creates there readable by the daemon's user and by nobody else.
+    A claimed job lives in a directory the daemon makes (mode 0750, owned by
+    the daemon's user) whose access and default ACLs grant its owner (and
+    ``admin_group``) read access only; every file the daemon writes there
+    inherits that. Members can list job ids in the other state directories
+    but open nothing of another's job.
+``group``
+    The shared behaviour of one team's pipeline: ``tmp/``, ``incoming/`` and
+    ``control/`` are 2770, results 2750, so every member of the group reads
+    every job.
+
+A *private* spool (its root has no group or other permission bits, as
+``cesard --init`` makes it without ``--group``) needs none of this: only the
+daemon's user can enter it.
+
+The owner of a job is the uid that owns the entry dropped into ``incoming/``
+(the file or the directory): the kernel sets it, a member cannot forge it,
+and it is never read from ``job.json``.
+
+ACLs are set with pylibacl (module ``posix1e``): a maintained binding to
+libacl, imported only where a shared ``owner`` spool needs it.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cesard.job import user_name
+
+MODES = ("owner", "group")
+
+
+class PrivacyError(Exception):
+    """The spool cannot give the configured privacy (exit 78: a configuration problem)."""
+
+
+@dataclass(frozen=True)
+class DirSpec:
+    """One spool directory as installed: its mode and whether members drop entries there."""
+
+    name: str
+    mode: int
+    drop: bool  # members create entries here (tmp/, incoming/, control/)
+
+
+def layout(privacy: str) -> list[DirSpec]:
+    """The spool's directories and modes for ``privacy`` (``cesard --init``, tmpfiles.d)."""
+    if privacy == "owner":
+        drop, kept = 0o1730, 0o0750
+    else:
+        drop, kept = 0o2770, 0o2750
+    specs = [DirSpec("", 0o0750, False)]
+    for name in ("tmp", "incoming", "control"):
+        specs.append(DirSpec(name, drop, True))
+    for name in ("processing", "deferred", "done", "failed", "state"):
+        specs.append(DirSpec(name, kept, False))
+    return specs
+
+
+def drop_acl_text(daemon: str | int) -> str:
+    """The default ACL of a drop directory (owner mode), in setfacl/tmpfiles syntax."""
+    return f"d:u::rwx,d:u:{daemon}:rwx,d:g::---,d:m::rwx,d:o::---"
+
+
+def group_id(name: str | None) -> int | None:
+    """The gid of a group name (None for None); PrivacyError if it does not exist."""
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise PrivacyError(f"group {name!r} does not exist; create it (groupadd {name}) or "
+                           "fix the key") from None
+
+
+def in_group(uid: int, gid: int | None) -> bool:
+    """True when user ``uid`` belongs to group ``gid`` (primary or supplementary)."""
+    if gid is None:
+        return False
+    try:
+        pw = pwd.getpwuid(uid)
+        g = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return pw.pw_gid == gid or pw.pw_name in g.gr_mem
+
+
+def may_act_on(sender: int, owner: int | None, admin_gid: int | None) -> bool:
+    """A request from ``sender`` may change a job of ``owner``: its owner, root, an admin."""
+    return sender == 0 or sender == owner or in_group(sender, admin_gid)
+
+
+def is_shared(root: Path) -> bool:
+    """Others than the daemon's user may enter the spool (group or other bits on its root)."""
+    return bool(os.stat(root).st_mode & 0o077)
+
+
+# --- ACLs (pylibacl) --------------------------------------------------------------------
+
+def _posix1e() -> Any:
+    try:
+        import posix1e
+    except ImportError:
+        raise PrivacyError(
+            "privacy: owner on a shared spool needs POSIX ACLs through pylibacl, which is not "
+            "installed; install it (pip install pylibacl, or Debian's python3-pylibacl) or set "
+            "'privacy: group'") from None
+    return posix1e
+
+
+def job_acl_text(owner: int | None, admin_gid: int | None) -> str:
+    """Access ACL of a claimed job's directory: the daemon all, its owner and admins read."""
+    entries = ["u::rwx"]
+    if owner is not None:
+        entries.append(f"u:{owner}:r-x")
+    if admin_gid is not None:
+        entries.append(f"g:{admin_gid}:r-x")
+    entries += ["g::---", "m::r-x", "o::---"]
+    return ",".join(entries)
+
+
+def protect_job_dir(path: Path, owner: int | None, admin_gid: int | None) -> None:
+    """Give a daemon-made job directory its owner's access and default ACLs.
+
+    Files the daemon later creates in it (mode 0640) inherit read access for the
+    owner and admins only; what is already there (job.json, the lease) gets it now.
+    """
+    posix1e = _posix1e()
+    text = job_acl_text(owner, admin_gid)
+    os.chmod(path, 0o750)
+    posix1e.ACL(text=text).applyto(str(path), posix1e.ACL_TYPE_ACCESS)
+    posix1e.ACL(text=text).applyto(str(path), posix1e.ACL_TYPE_DEFAULT)
+    file_acl = posix1e.ACL(text=text.replace("u::rwx", "u::rw-").replace("r-x", "r--"))
+    for entry in os.scandir(path):
+        if entry.is_file(follow_symlinks=False) and entry.stat(
+                follow_symlinks=False).st_uid == os.geteuid():
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                file_acl.applyto(fd)
+            finally:
+                os.close(fd)
+
+
+def probe(root: Path) -> None:
+    """PrivacyError unless the spool's filesystem stores POSIX default ACLs."""
+    posix1e = _posix1e()
+    probe_dir = root / "state" / f".acl-probe-{os.getpid()}"
+    try:
+        probe_dir.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    try:
+        posix1e.ACL(text=f"u::rwx,u:{os.geteuid()}:rwx,g::---,m::rwx,o::---").applyto(
+            str(probe_dir), posix1e.ACL_TYPE_DEFAULT)
+    except OSError as e:
+        raise PrivacyError(
+            f"the filesystem of spool {root} does not support POSIX ACLs ({e.strerror}), which "
+            "privacy: owner needs on a shared spool. Either mount it with ACLs (ext4/xfs: the "
+            "'acl' option; NFS: a server and version that pass them), or set 'privacy: group' "
+            "in the configuration (every member then reads every job)") from e
+    finally:
+        probe_dir.rmdir()
+
+
+def apply_layout(root: Path, privacy: str, daemon_uid: int, gid: int | None,
+                 admin_gid: int | None) -> None:
+    """Create the spool's directories with their owners, modes and ACLs (idempotent).
+
+    Run by ``cesard --init`` as root (with ``gid`` the submitters' group) and by the
+    daemon at start on directories it owns.
+    """
+    for spec in layout(privacy):
+        path = root / spec.name if spec.name else root
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise PrivacyError(f"{path} is not a directory; remove it and start again")
+        if os.geteuid() == 0:
+            os.chown(path, daemon_uid, st.st_gid if gid is None else gid)
+        elif st.st_uid != os.geteuid():
+            continue  # installed by root: checked by check_layout
+        os.chmod(path, spec.mode)
+        if privacy == "owner" and spec.drop:
+            posix1e = _posix1e()
+            text = drop_acl_text(daemon_uid).replace("d:", "")
+            posix1e.ACL(text=text).applyto(str(path), posix1e.ACL_TYPE_DEFAULT)
+
+
+def check_layout(root: Path, privacy: str, daemon_uid: int) -> None:
+    """PrivacyError naming the first directory whose mode or default ACL is not as installed."""
+    for spec in layout(privacy):
+        path = root / spec.name if spec.name else root
+        st = os.lstat(path)
+        if stat.S_IMODE(st.st_mode) != spec.mode:
+            raise PrivacyError(
+                f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, not {spec.mode:04o} as "
+                f"privacy: {privacy} needs; run 'cesard --init' as root, or "
+                "systemd-tmpfiles --create")
+        if privacy == "owner" and spec.drop:
+            posix1e = _posix1e()
+            acl = posix1e.ACL(filedef=str(path))
+            want = f"user:{daemon_uid}:rwx"
+            if want not in acl.to_any_text(options=posix1e.TEXT_NUMERIC_IDS).decode():
+                raise PrivacyError(
+                    f"{path} lacks the default ACL entry u:{user_name(daemon_uid)}:rwx that "
+                    "makes members' files readable by the daemon; run 'cesard --init' as root, "
+                    "or systemd-tmpfiles --create")
