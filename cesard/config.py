@@ -75,6 +75,10 @@ class Config:
     max_jobs_per_worker: int = 0  # 0: never recycle
     worker_memory_limit: int = 0  # bytes of address space per worker; 0: no limit
     queue_capacity: int = 1000
+    privacy: str = "owner"  # owner: each job its owner's alone; group: every member reads all
+    admin_group: str | None = None  # members see, cancel and retry every job
+    max_queued_per_owner: int = 0  # queued entries per owner; 0: no limit
+    max_queued_bytes_per_owner: int = 0  # bytes queued per owner; 0: no limit
     metrics_textfile: str | None = None
     log_level: str = "info"
     source: str = "built-in defaults"
@@ -155,6 +159,11 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "max_jobs_per_worker": _num(0, integer=True),
     "worker_memory_limit": _num(0, integer=True),
     "queue_capacity": _num(1, integer=True),
+    "privacy": _choice(("owner", "group")),
+    "admin_group": lambda v: None if v is None or (isinstance(v, str) and v) else
+    "must be a group name or null",
+    "max_queued_per_owner": _num(0, integer=True),
+    "max_queued_bytes_per_owner": _num(0, integer=True),
     "metrics_textfile": lambda v: None if v is None or (isinstance(v, str) and v) else
     "must be a file path or null",
     "log_level": _choice(("debug", "info", "warning", "error")),

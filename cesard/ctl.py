@@ -8,6 +8,7 @@ codes follow sysexits.h; ``health`` follows the monitoring-plugin convention.
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import os
 import pwd
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from cesard import config as configmod
+from cesard import control, outputs
 from cesard import job as jobmod
-from cesard import outputs
 from cesard.spool import STATES, Spool, SpoolError, is_ignored_name, read_small
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE = 0, 64, 65, 66, 69
@@ -65,14 +66,26 @@ def open_spool(args: argparse.Namespace) -> tuple[Spool, configmod.Config]:
         raise CtlError(f"spool {spool.root} does not exist; start cesard (it creates the "
                        "spool) or pass --spool / set CESAR_SPOOL", EX_UNAVAILABLE)
     if not os.access(spool.root, os.X_OK):
-        raise CtlError(f"permission denied: you may not use the spool {spool.root}; ask an "
-                       "administrator to add you to group 'cesar' (then log in again)",
-                       EX_NOPERM)
+        raise CtlError(not_member(spool), EX_NOPERM)
     try:
         spool.check()
     except SpoolError as e:
         raise CtlError(str(e), EX_UNAVAILABLE) from e
     return spool, cfg
+
+
+def spool_group(spool: Spool) -> str:
+    try:
+        return grp.getgrgid(spool.root.stat().st_gid).gr_name
+    except (KeyError, OSError):
+        return "cesar"
+
+
+def not_member(spool: Spool) -> str:
+    group = spool_group(spool)
+    return (f"permission denied: {whoami()} is not a member of group '{group}', which may use "
+            f"the spool {spool.root}; an administrator adds you with "
+            f"'usermod -aG {group} {whoami()}' (then log in again)")
 
 
 def read_status(spool: Spool) -> dict[str, Any] | None:
@@ -111,13 +124,19 @@ def load_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def locate(spool: Spool, job_id: str) -> tuple[str, Path]:
+def locate(spool: Spool, job_id: str, mine: bool = True) -> tuple[str, Path]:
+    """The job's state and directory. With ``mine``, CtlError(77) unless the kernel lets
+    this user into it (its owner, an admin, root; every member in privacy: group)."""
     if not jobmod.valid_id(job_id):
         raise CtlError(f"invalid job id {job_id!r}: ids use only [A-Za-z0-9._-]", EX_USAGE)
     found = spool.locate(job_id)
     if found is None:
         raise CtlError(f"no job {job_id} in spool {spool.root}; 'cesarctl list' shows the "
                        "jobs", EX_NOINPUT)
+    state, path = found
+    if mine and path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise CtlError(f"job {job_id} belongs to another user; only its owner, root and "
+                       "members of the daemon's admin_group may see it", EX_NOPERM)
     return found
 
 
@@ -156,10 +175,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         try:
             ids.append(spool.submit(f, opts, whoami()))
         except PermissionError as e:
-            raise CtlError(
-                f"permission denied writing to {spool.root}/tmp: you are not allowed to submit "
-                "to this spool; ask an administrator to add you to group 'cesar' "
-                "(then log in again)", EX_NOPERM) from e
+            raise CtlError(not_member(spool) + f" ({spool.root}/tmp: {e.strerror})",
+                           EX_NOPERM) from e
         except OSError as e:
             raise CtlError(f"cannot submit {f}: {e.strerror}", EX_CANTCREAT) from e
     if not args.wait:
@@ -290,15 +307,23 @@ def cmd_result(args: argparse.Namespace) -> int:
 
 # --- status / list / show ------------------------------------------------------
 
-def count(spool: Spool, state: str) -> int:
-    return sum(1 for n in spool.scan(state) if not (state == "incoming" and is_ignored_name(n)))
+def count(spool: Spool, state: str, st: dict[str, Any] | None) -> int | None:
+    """Entries in a state directory; where this user may not list it (incoming/ in
+    privacy: owner), the daemon's count from status.json, or None."""
+    try:
+        return sum(1 for n in spool.scan(state)
+                   if not (state == "incoming" and is_ignored_name(n))
+                   and not n.startswith(".") and "~" not in n)
+    except PermissionError:
+        q = (st or {}).get("queue") or {}
+        return q.get(state) if isinstance(q.get(state), int) else None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     spool, _ = open_spool(args)
     st = read_status(spool)
     alive = daemon_alive(st)
-    counts = {s: count(spool, s) for s in STATES}
+    counts = {s: count(spool, s, st) for s in STATES}
     data: dict[str, Any] = {"spool": str(spool.root),
                             "daemon": "running" if alive else "not running",
                             "queue": counts, "status": st}
@@ -314,7 +339,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             print(f"daemon {data['daemon']}")
             for s in STATES:
-                print(f"{s} {counts[s]}")
+                print(f"{s} {'-' if counts[s] is None else counts[s]}")
         return EX_OK if alive else 3
     lines = [f"spool:   {spool.root}"]
     if alive and st:
@@ -324,13 +349,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                      f"({st['model']}), {len(st['workers'])} worker(s)")
     else:
         lines.append("daemon:  not running")
-    lines.append("queue:   " + ", ".join(f"{counts[s]} {s}" for s in STATES))
+    lines.append("queue:   " + ", ".join(
+        f"{'?' if counts[s] is None else counts[s]} {s}" for s in STATES))
     if st and alive:
         if st.get("oldest_queued_age_s") is not None:
             lines.append(f"oldest:  queued {fmt_age(st['oldest_queued_age_s'])} ago")
         for r in st.get("running", []):
             eta = f", ETA {fmt_age(r['eta_s'])}" if r.get("eta_s") is not None else ""
-            lines.append(f"running: {r['id']} {r['file']} {r['progress'] * 100:.0f}%{eta}")
+            file = f" {r['file']}" if r.get("file") else ""
+            lines.append(f"running: {r['id']}{file} {r['progress'] * 100:.0f}%{eta}")
     print("\n".join(lines))
     return EX_OK if alive else 3
 
@@ -354,6 +381,10 @@ def describe(spool: Spool, state: str, name: str) -> dict[str, Any]:
         d["submitted_at"] = meta.get("submitted_at")
         d["file"] = meta.get("source_name")
         d["submitter"] = meta.get("submitter")
+        owner = meta.get("owner")
+        if not isinstance(owner, int):
+            owner = path.lstat().st_uid
+        d["owner"] = jobmod.user_name(owner)
         d["priority"] = (meta.get("options") or {}).get("priority", "normal")
         if state in ("done", "failed"):
             res = load_json(path / "result.json") or {}
@@ -364,6 +395,7 @@ def describe(spool: Spool, state: str, name: str) -> dict[str, Any]:
     else:
         d["id"] = None
         d["file"] = jobmod.display_name(name)
+        d["owner"] = jobmod.user_name(path.lstat().st_uid)
     return d
 
 
@@ -371,13 +403,29 @@ def cmd_list(args: argparse.Namespace) -> int:
     spool, _ = open_spool(args)
     states = [args.state] if args.state else list(STATES)
     rows = []
+    hidden = []
     for state in states:
-        for name in sorted(spool.scan(state)):
-            if is_ignored_name(name) or "~r" in name:
+        try:
+            names = sorted(spool.scan(state))
+        except PermissionError:
+            hidden.append(state)  # incoming/ in privacy: owner: members may not list it
+            continue
+        for name in names:
+            if is_ignored_name(name) or "~" in name:
                 continue
-            rows.append(describe(spool, state, name))
+            path = spool.dir(state) / name
+            if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+                continue  # another user's job (privacy: owner)
+            try:
+                rows.append(describe(spool, state, name))
+            except FileNotFoundError:
+                continue  # moved on while we looked
+    if hidden and tty():
+        print(f"cesarctl: {', '.join(hidden)}/ cannot be listed by {whoami()} (privacy: "
+              "owner); 'cesarctl show ID' finds a queued job of yours", file=sys.stderr)
     text = "\n".join(
         f"{r['id'] or '-'}\t{r['state']}\t{r.get('status') or ''}\t{r.get('file') or ''}"
+        f"\t{r.get('owner') or ''}"
         for r in rows)
     emit(rows, args, text)
     return EX_OK
@@ -405,56 +453,46 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 # --- cancel / retry / prune / health ----------------------------------------------
 
-def _request(spool: Spool, action: str, job_id: str) -> None:
+def _request(spool: Spool, action: str, job_id: str, timeout: float) -> dict[str, Any]:
+    """Drop a request and return the daemon's answer; CtlError when refused or unanswered."""
     try:
-        spool.request(action, job_id, whoami())
+        name = spool.request(action, job_id, whoami())
     except PermissionError as e:
-        raise CtlError(f"permission denied writing to {spool.root}/control: ask an "
-                       "administrator to add you to group 'cesar'", EX_NOPERM) from e
+        raise CtlError(not_member(spool) + f" ({spool.root}/control: {e.strerror})",
+                       EX_NOPERM) from e
+    if not daemon_alive(read_status(spool)):
+        raise CtlError(f"cesard is not running; the {action} request for {job_id} is queued "
+                       "and applies when it starts", EX_TEMPFAIL)
+    answer = control.wait_reply(spool.dir("control"), name, timeout)
+    if answer is None:
+        raise CtlError(f"{action} of {job_id} requested; the daemon has not answered within "
+                       f"{timeout:g} s", EX_TEMPFAIL)
+    if not answer.get("ok"):
+        code = EX_NOPERM if answer.get("denied") else EX_DATAERR
+        raise CtlError(f"{action} of {job_id} refused: {answer.get('message')}", code)
+    return answer
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     spool, _ = open_spool(args)
-    state, _path = locate(spool, args.id)
+    state, _path = locate(spool, args.id, mine=False)  # the daemon decides who may
     if state in ("done", "failed"):
         raise CtlError(f"job {args.id} already finished (in {state}/); nothing to cancel",
                        EX_DATAERR)
-    _request(spool, "cancel", args.id)
-    if not daemon_alive(read_status(spool)):
-        print(f"cesarctl: cesard is not running; the cancel request for {args.id} is queued "
-              "and applies when it starts", file=sys.stderr)
-        return EX_TEMPFAIL
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        if (spool.dir("failed") / args.id / "result.json").exists():
-            emit({"id": args.id, "status": "cancelled"}, args, args.id)
-            return EX_OK
-        if (spool.dir("done") / args.id).exists():
-            raise CtlError(f"job {args.id} finished before it could be cancelled", EX_DATAERR)
-        time.sleep(0.05)
-    raise CtlError(f"cancel of {args.id} requested; the daemon has not confirmed it yet",
-                   EX_TEMPFAIL)
+    _request(spool, "cancel", args.id, args.timeout)
+    emit({"id": args.id, "status": "cancelled"}, args, args.id)
+    return EX_OK
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     spool, _ = open_spool(args)
-    state, path = locate(spool, args.id)
+    state, _path = locate(spool, args.id, mine=False)  # the daemon decides who may
     if state != "failed":
         raise CtlError(f"job {args.id} is in {state}/; only failed jobs can be retried",
                        EX_DATAERR)
-    _request(spool, "retry", args.id)
-    if not daemon_alive(read_status(spool)):
-        print("cesarctl: cesard is not running; the retry applies when it starts",
-              file=sys.stderr)
-        return EX_TEMPFAIL
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        if not path.exists():
-            emit({"id": args.id, "status": "queued"}, args, args.id)
-            return EX_OK
-        time.sleep(0.05)
-    raise CtlError(f"retry of {args.id} requested; the daemon has not confirmed it yet",
-                   EX_TEMPFAIL)
+    _request(spool, "retry", args.id, args.timeout)
+    emit({"id": args.id, "status": "queued"}, args, args.id)
+    return EX_OK
 
 
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
@@ -494,7 +532,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             if args.dry_run:
                 continue
             # Rename out of the state first so no half-deleted entry is ever visible.
-            trash = spool.dir("tmp") / f".prune-{name}"
+            trash = spool.dir("tmp") / f".prune-{name}-{os.getpid()}-{time.monotonic_ns()}"
             try:
                 os.rename(path, trash)
             except PermissionError as e:

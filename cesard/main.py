@@ -6,10 +6,11 @@ import argparse
 import json
 import logging
 import os
+import pwd
 import sys
 from pathlib import Path
 
-from cesard import __version__
+from cesard import __version__, privacy
 from cesard import config as configmod
 from cesard.spool import Spool, SpoolError
 from cesard.supervisor import Supervisor
@@ -28,7 +29,12 @@ def parser() -> argparse.ArgumentParser:
                    "else /var/spool/cesar)")
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration, print the effective one as JSON, exit")
-    p.add_argument("--init", action="store_true", help="create the spool layout and exit")
+    p.add_argument("--init", action="store_true",
+                   help="create the spool layout and exit: private to this user, or with "
+                   "--group shared with that group's members (as root: owned by --user)")
+    p.add_argument("--user", help="with --init as root: the daemon's user (default: cesar)")
+    p.add_argument("--group", help="with --init: the group whose members submit jobs; the "
+                   "spool gets the modes and ACLs of the configured 'privacy'")
     p.add_argument("--drain", action="store_true",
                    help="process everything queued, then exit (non-zero if a job failed)")
     p.add_argument("--detach", action="store_true",
@@ -56,19 +62,48 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     spool = Spool(cfg.spool)
     if args.init:
-        try:
-            spool.create()
-        except OSError as e:
-            print(f"cesard: cannot create spool {spool.root}: {e.strerror}", file=sys.stderr)
-            return EX_CANTCREAT
-        print(spool.root)
-        return 0
+        return _init(cfg, spool, args)
     if args.detach:
         from cesard.daemonize import detach
         return detach(lambda fd: _run(cfg, spool, args, fd), args.pidfile, args.log_file,
                       cfg.log_level)
     setup_logging(cfg.log_level)
     return _run(cfg, spool, args)
+
+
+def _init(cfg: configmod.Config, spool: Spool, args: argparse.Namespace) -> int:
+    """``cesard --init``: a private spool, or with --group the shared layout."""
+    try:
+        if args.group or args.user:
+            uid = os.geteuid()
+            if args.user or os.geteuid() == 0:
+                name = args.user or "cesar"
+                try:
+                    uid = pwd.getpwnam(name).pw_uid
+                except KeyError:
+                    print(f"cesard: --init: user {name!r} does not exist; create it "
+                          "(systemd-sysusers, or useradd --system " + name + ")",
+                          file=sys.stderr)
+                    return EX_CONFIG
+            if uid != os.geteuid() and os.geteuid() != 0:
+                print("cesard: --init --user needs root (it changes owners)", file=sys.stderr)
+                return EX_CONFIG
+            gid = privacy.group_id(args.group)
+            spool.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if cfg.privacy == "owner":
+                privacy.probe(spool.root)
+            privacy.apply_layout(spool.root, cfg.privacy, uid, gid,
+                                 privacy.group_id(cfg.admin_group))
+        else:
+            spool.create()
+    except privacy.PrivacyError as e:
+        print(f"cesard: --init: {e}", file=sys.stderr)
+        return EX_CONFIG
+    except OSError as e:
+        print(f"cesard: cannot create spool {spool.root}: {e.strerror}", file=sys.stderr)
+        return EX_CANTCREAT
+    print(spool.root)
+    return 0
 
 
 def _run(cfg: configmod.Config, spool: Spool, args: argparse.Namespace,
@@ -79,6 +114,18 @@ def _run(cfg: configmod.Config, spool: Spool, args: argparse.Namespace,
         log.error("cannot create spool %s: %s; create it or fix its permissions",
                   spool.root, e.strerror)
         return EX_CANTCREAT
+    try:
+        line, spool.guard = privacy.prepare(spool.root, cfg.privacy, cfg.admin_group)
+    except privacy.PrivacyError as e:
+        log.error("%s", e)
+        return EX_CONFIG
+    except OSError as e:
+        log.error("cannot set up spool %s for privacy: %s: %s; fix its owner and permissions",
+                  spool.root, cfg.privacy, e)
+        return EX_CANTCREAT
+    if cfg.privacy == "group":
+        spool.job_dir_mode = 0o2750
+    log.info("%s", line)
     # args.config already holds $CESAR_CONFIG (see main).
     config_path = args.config or (
         str(configmod.DEFAULT_CONFIG) if Path(configmod.DEFAULT_CONFIG).exists() else None)

@@ -159,7 +159,7 @@ def protect_job_dir(path: Path, owner: int | None, admin_gid: int | None) -> Non
 def probe(root: Path) -> None:
     """PrivacyError unless the spool's filesystem stores POSIX default ACLs."""
     posix1e = _posix1e()
-    probe_dir = root / "state" / f".acl-probe-{os.getpid()}"
+    probe_dir = root / f".acl-probe-{os.getpid()}"
     try:
         probe_dir.mkdir(mode=0o700)
     except FileExistsError:
@@ -199,6 +199,47 @@ def apply_layout(root: Path, privacy: str, daemon_uid: int, gid: int | None,
             posix1e = _posix1e()
             text = drop_acl_text(daemon_uid).replace("d:", "")
             posix1e.ACL(text=text).applyto(str(path), posix1e.ACL_TYPE_DEFAULT)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What the daemon does to keep each job its owner's (a shared ``owner`` spool)."""
+
+    admin_gid: int | None
+
+    def protect_dir(self, path: Path, owner: int | None) -> None:
+        protect_job_dir(path, owner, self.admin_gid)
+
+    def grant_file(self, path: Path, uid: int) -> None:
+        """Let ``uid`` read one file the daemon wrote (a reply to its request)."""
+        posix1e = _posix1e()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            posix1e.ACL(text=f"u::rw-,u:{uid}:r--,g::---,m::r--,o::---").applyto(fd)
+        finally:
+            os.close(fd)
+
+
+def prepare(root: Path, privacy: str, admin_group: str | None) -> tuple[str, Guard | None]:
+    """At daemon start: make sure the spool gives ``privacy``; PrivacyError otherwise.
+
+    Returns a line for the log and the :class:`Guard` of a shared ``owner`` spool
+    (None where the mode bits suffice: ``group``, or a private spool).
+    """
+    admin_gid = group_id(admin_group)
+    if privacy == "group":
+        return "privacy: group (every member of the spool's group reads every job)", None
+    if not is_shared(root):
+        return (f"privacy: owner; spool {root} is private (mode "
+                f"{stat.S_IMODE(os.stat(root).st_mode):04o}): only its user enters it"), None
+    probe(root)
+    me = os.geteuid()
+    if os.stat(root).st_uid == me:
+        apply_layout(root, "owner", me, None, admin_gid)
+    check_layout(root, "owner", me)
+    return ("privacy: owner; each job is readable by its owner"
+            + (f" and group {admin_group}" if admin_group else "") + " only (POSIX ACLs)",
+            Guard(admin_gid))
 
 
 def check_layout(root: Path, privacy: str, daemon_uid: int) -> None:

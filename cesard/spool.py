@@ -50,7 +50,7 @@ Rules:
   follows or opens them) and finished into ``failed/`` with an error. Nothing
   here opens a file without ``O_NOFOLLOW | O_NONBLOCK`` and an ``fstat`` check.
 
-This module imports nothing of cesard but :mod:`cesard.job`.
+This module imports nothing of cesard but :mod:`cesard.job` and :mod:`cesard.privacy`.
 """
 
 from __future__ import annotations
@@ -62,13 +62,14 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cesard import job as jobmod
 from cesard.job import JobMeta
+from cesard.privacy import Guard
 
 STATES = ("incoming", "processing", "deferred", "done", "failed")
 DIRS = ("tmp", *STATES, "control", "state")
@@ -216,6 +217,8 @@ class Entry:
     name: str
     is_dir: bool
     key: tuple[int, str, str]
+    owner: int = 0  # uid: fair share and per-owner limits go by it
+    size: int = 0  # bytes of its audio (per-owner byte limit)
 
 
 @dataclass
@@ -235,7 +238,7 @@ class Spool:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         # Set by the daemon for a shared spool in privacy: owner (cesard.privacy).
-        self.protect: Callable[[Path, int | None], None] | None = None
+        self.guard: Guard | None = None
         self.job_dir_mode = 0o750
 
     def __repr__(self) -> str:
@@ -245,9 +248,16 @@ class Spool:
         return self.root / state
 
     def create(self) -> None:
-        """Create the layout (idempotent). Existing modes are left alone."""
+        """Create the layout (idempotent). A new spool is private (its root mode 0700:
+        only this user enters it); existing modes are left alone. ``cesard --init
+        --group`` makes a shared one (:func:`cesard.privacy.apply_layout`)."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
         for d in DIRS:
-            (self.root / d).mkdir(parents=True, exist_ok=True)
+            (self.root / d).mkdir(exist_ok=True)
 
     def check(self) -> None:
         """Raise :class:`SpoolError` naming the missing part of the layout."""
@@ -312,16 +322,21 @@ class Spool:
         except FileNotFoundError:
             return None
         if stat.S_ISDIR(st.st_mode):
-            prio, when = "normal", jobmod.iso(st.st_mtime)
+            prio, when, owner, size = "normal", jobmod.iso(st.st_mtime), st.st_uid, 0
             try:
                 meta = JobMeta.from_json(read_small(path / META, jobmod.MAX_JOB_JSON_BYTES))
                 when = meta.submitted_at
                 p = meta.options.get("priority")
                 prio = p if p in PRIORITY_RANK else "normal"
+                if st.st_uid == os.geteuid() and meta.owner is not None:
+                    owner = meta.owner  # a job the daemon requeued: its job.json is its own
+                if meta.source_name:
+                    size = os.lstat(path / meta.source_name).st_size
             except (OSError, jobmod.JobError):
                 pass  # a bad job still queues; the claim fails it with the reason
-            return Entry(name, True, (PRIORITY_RANK[prio], when, name))
-        return Entry(name, False, (PRIORITY_RANK["normal"], jobmod.iso(st.st_mtime), name))
+            return Entry(name, True, (PRIORITY_RANK[prio], when, name), owner, size)
+        return Entry(name, False, (PRIORITY_RANK["normal"], jobmod.iso(st.st_mtime), name),
+                     st.st_uid, st.st_size)
 
     def scan(self, state: str = "incoming") -> Iterator[str]:
         """Names in a state directory (one listing; no ordering)."""
@@ -419,6 +434,8 @@ class Spool:
             return Claimed(job_id, dst, meta, bare=False, error=e)
         if meta.owner is None:
             meta.owner, meta.submitter = st.st_uid, jobmod.user_name(st.st_uid)
+        if self.guard is not None:
+            self.guard.protect_dir(dst, meta.owner)
         return Claimed(job_id, dst, meta, bare=False)
 
     def _new_job_dir(self, job_id: str | None) -> Path:
@@ -476,8 +493,8 @@ class Spool:
         write_atomic(job_dir, META, meta.to_json())
         if error is None and dropped_dir:
             _remove_tree(sub)
-        if self.protect is not None:
-            self.protect(job_dir, meta.owner)
+        if self.guard is not None:
+            self.guard.protect_dir(job_dir, meta.owner)
         return Claimed(job_id, job_dir, meta, bare=not dropped_dir, error=error)
 
     def _take_audio(self, sub: Path, job_dir: Path, meta: JobMeta) -> str:

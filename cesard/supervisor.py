@@ -28,10 +28,11 @@ from typing import Any
 from cesard import config as configmod
 from cesard import job as jobmod
 from cesard import outputs
+from cesard.control import Control
 from cesard.index import Pending, QueueIndex
 from cesard.job import JobMeta, JobOptions
 from cesard.metrics import Metrics, write_textfile
-from cesard.spool import Claimed, Claimer, Entry, Spool, read_small, write_atomic
+from cesard.spool import Claimed, Claimer, Entry, Spool, Unclaimable, write_atomic
 from cesard.systemd import Notifier
 from cesard.watch import Watcher
 
@@ -116,6 +117,10 @@ class Supervisor:
         self.status_urgent = False
         self.spawn_backoff = 0.0
         self._signals: list[int] = []
+        self.control = Control(self)
+        # incoming/ entries the daemon may not take, by name → st_ctime_ns when refused;
+        # a chmod (IN_ATTRIB) or any other change of ctime brings them back.
+        self.blocked: dict[str, int] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -176,7 +181,7 @@ class Supervisor:
         self.watcher = Watcher(self.spool.root, self.cfg.watch)
         self.rescan(now)
         self.next_rescan = now + self._rescan_interval()
-        self._scan_control(now)
+        self.control.scan(now)
         self._count_finished()
         log.info("started: spool %s, engine %s, %d worker(s), %d job(s) queued, watch %s",
                  self.spool.root, self.cfg.engine, len(self.workers), len(self.index),
@@ -368,12 +373,20 @@ class Supervisor:
         entry = self.spool.entry_key(name)
         if entry is None:
             self.index.discard(name)
+            self.blocked.pop(name, None)
             return
+        if name in self.blocked:
+            try:
+                if os.lstat(self.spool.dir("incoming") / name).st_ctime_ns == self.blocked[name]:
+                    return  # unchanged since it was refused
+            except FileNotFoundError:
+                return
+            del self.blocked[name]
         if settled or (entry.is_dir and
                        os.path.lexists(self.spool.dir("incoming") / name / "job.json")):
             # A job dir is published whole by rename; one made in place (mkdir, cp -r)
             # without job.json yet waits for the settle rule like a bare file.
-            self.index.add(entry)
+            self._enqueue(entry, now)
             return
         try:
             st = os.lstat(self.spool.dir("incoming") / name)
@@ -384,7 +397,55 @@ class Supervisor:
         if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
             self.index.pending[name] = Pending(st.st_size, st.st_mtime_ns, now)
         elif now - seen.since >= self.cfg.settle_seconds:
-            self.index.add(entry)
+            self._enqueue(entry, now)
+
+    def _enqueue(self, entry: Entry, now: float) -> None:
+        """Index a settled entry, or fail it at once past its owner's limits."""
+        if entry.name not in self.index:
+            err = self._over_limit(entry)
+            if err is not None:
+                self._reject(entry, err, now)
+                return
+        self.index.add(entry)
+
+    def _over_limit(self, entry: Entry) -> jobmod.QuotaExceeded | None:
+        cfg = self.cfg
+        if not (cfg.max_queued_per_owner or cfg.max_queued_bytes_per_owner):
+            return None
+        try:
+            if os.lstat(self.spool.dir("incoming") / entry.name).st_uid == os.geteuid():
+                return None  # the daemon's own (a requeued or retried job): never refused
+        except FileNotFoundError:
+            return None
+        count, size = self.index.queued(entry.owner)
+        who = jobmod.user_name(entry.owner)
+        shown = jobmod.display_name(entry.name)
+        if cfg.max_queued_per_owner and count >= cfg.max_queued_per_owner:
+            return jobmod.QuotaExceeded(
+                f"{shown}: {who} already has {count} jobs queued, the most "
+                f"max_queued_per_owner={cfg.max_queued_per_owner} allows; wait for some to "
+                "finish, then 'cesarctl retry' this one")
+        if cfg.max_queued_bytes_per_owner and size + entry.size > cfg.max_queued_bytes_per_owner:
+            return jobmod.QuotaExceeded(
+                f"{shown}: {who} has {size} bytes queued; {entry.size} more would pass "
+                f"max_queued_bytes_per_owner={cfg.max_queued_bytes_per_owner}; wait for some "
+                "to finish, then 'cesarctl retry' this one")
+        return None
+
+    def _reject(self, entry: Entry, err: jobmod.JobError, now: float) -> None:
+        """Claim an entry and fail it with ``err`` without a worker."""
+        try:
+            claimed = self.spool.claim(entry, self.me, now)
+        except Unclaimable as e:
+            self._block(entry.name, str(e))
+            return
+        except OSError as e:
+            log.error("cannot refuse %s (%s): %s; it stays in incoming/",
+                      jobmod.display_name(entry.name), err, e)
+            return
+        if claimed is not None:
+            claimed.error = err
+            self._prepare(claimed, now)
 
     def rescan(self, now: float) -> None:
         """List incoming/ and deferred/ once; new entries join the index."""
@@ -393,6 +454,8 @@ class Supervisor:
             self.index.discard(gone)
         for gone in set(self.index.pending) - names:
             self.index.pending.pop(gone, None)
+        for gone in set(self.blocked) - names:
+            del self.blocked[gone]
         known = self.index.names()
         for name in names - known:
             self._index_name(name, now, settled=False)
@@ -410,7 +473,7 @@ class Supervisor:
         for ev in self.watcher.read():
             if ev.where == "control":
                 if not ev.removed:
-                    self._control(ev.name, now)
+                    self.control.handle(ev.name, now)
             elif ev.removed:
                 self.index.discard(ev.name)
             else:
@@ -481,6 +544,9 @@ class Supervisor:
     def _claim(self, entry: Entry, now: float) -> Running | None:
         try:
             claimed = self.spool.claim(entry, self.me, now)
+        except Unclaimable as e:
+            self._block(entry.name, str(e))
+            return None
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 self._disk_full(now, e)
@@ -493,6 +559,16 @@ class Supervisor:
             log.info("the spool has space again; claiming resumed")
             self.disk_full_logged = False
         return self._prepare(claimed, now)
+
+    def _block(self, name: str, why: str) -> None:
+        """Leave an entry the daemon may not take where it is, saying once what to do."""
+        try:
+            ctime = os.lstat(self.spool.dir("incoming") / name).st_ctime_ns
+        except FileNotFoundError:
+            return
+        if name not in self.blocked:
+            log.warning("%s; it stays in incoming/ and is taken once that is fixed", why)
+        self.blocked[name] = ctime
 
     def _prepare(self, c: Claimed, now: float) -> Running | None:
         """Validate a claimed job; a bad one is finished into failed/ here."""
@@ -617,95 +693,6 @@ class Supervisor:
         self._index_name(job.id, time.time(), settled=True)
         self.status_dirty = True
 
-    # --- control requests ---------------------------------------------------------
-
-    def _scan_control(self, now: float) -> None:
-        for name in list(self.spool.scan("control")):
-            self._control(name, now)
-
-    def _control(self, name: str, now: float) -> None:
-        path = self.spool.dir("control") / name
-        if name.startswith("."):
-            return
-        try:
-            req = json.loads(read_small(path, 4096))
-            action, job_id = str(req["action"]), str(req["id"])
-        except (OSError, ValueError, KeyError, TypeError, RecursionError, jobmod.JobError):
-            log.warning("control request %s is malformed; removed",
-                        jobmod.display_name(name))
-            path.unlink(missing_ok=True)
-            return
-        if not jobmod.valid_id(job_id):  # I7: never a path from a client (../, /)
-            log.warning("control request %s names an invalid job id %r; removed",
-                        jobmod.display_name(name), job_id)
-            path.unlink(missing_ok=True)
-            return
-        try:
-            if action == "cancel":
-                self._cancel(job_id, now)
-            elif action == "retry":
-                self._retry_request(job_id, now)
-            else:
-                log.warning("control request %s: unknown action %r; removed", name, action)
-        finally:
-            path.unlink(missing_ok=True)
-
-    def _cancel(self, job_id: str, now: float) -> None:
-        for w in self.workers:
-            if w.job is not None and w.job.id == job_id:
-                job = w.job
-                w.job = None
-                self._kill_worker(w)
-                self._finish(job, "cancelled", None, None,
-                             jobmod.Cancelled("cancelled by request while running"), now)
-                return
-        if self.held is not None and self.held.id == job_id:
-            job, self.held = self.held, None
-            self._finish(job, "cancelled", None, None,
-                         jobmod.Cancelled("cancelled by request while waiting"), now)
-            return
-        for state in ("incoming", "deferred"):
-            src = self.spool.dir(state) / job_id
-            if not os.path.lexists(src):
-                continue
-            dst = self.spool.dir("processing") / job_id
-            try:
-                os.rename(src, dst)
-            except OSError:
-                continue
-            self.index.discard(job_id)
-            self.deferred.pop(job_id, None)
-            try:
-                meta = self.spool.read_meta(dst)
-            except jobmod.JobError:
-                meta = JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(now))
-            job = Running(job_id, dst, meta, JobOptions(), "", 0, "", now, now)
-            self._finish(job, "cancelled", None, None,
-                         jobmod.Cancelled(f"cancelled by request while {state}"), now)
-            return
-        log.info("job=%s cancel requested, but it is not queued or running", job_id)
-
-    def _retry_request(self, job_id: str, now: float) -> None:
-        src = self.spool.dir("failed") / job_id
-        if not src.is_dir():
-            log.warning("job=%s retry requested, but it is not in failed/", job_id)
-            return
-        dst = self.spool.dir("processing") / job_id
-        try:
-            os.rename(src, dst)
-        except OSError as e:
-            log.warning("job=%s retry failed: %s", job_id, e)
-            return
-        self.on_disk["failed"] = max(0, self.on_disk["failed"] - 1)
-        try:
-            meta = self.spool.read_meta(dst)
-            meta.attempts, meta.errors, meta.not_before = 0, [], None
-        except jobmod.JobError:
-            meta = None
-        self.spool.requeue(job_id, meta)
-        log.info("job=%s queued again by request", job_id)
-        self._index_name(job_id, now, settled=True)
-
     # --- timers -------------------------------------------------------------------
 
     def _check_timeouts(self, now: float) -> None:
@@ -728,7 +715,7 @@ class Supervisor:
         if now >= self.next_rescan:
             self.next_rescan = now + self._rescan_interval()
             self.rescan(now)
-            self._scan_control(now)
+            self.control.scan(now)
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.cfg.lease_seconds / 3
             for w in self.workers:
@@ -753,7 +740,9 @@ class Supervisor:
                 eta = None
                 if j.fraction > 0.01:
                     eta = round(elapsed * (1 - j.fraction) / j.fraction, 1)
-                running.append({"id": j.id, "file": jobmod.display_name(j.audio),
+                # A shared owner-mode spool: no member learns another's file names.
+                shown = jobmod.display_name(j.audio) if self.spool.guard is None else None
+                running.append({"id": j.id, "file": shown,
                                 "worker": w.pid, "progress": round(j.fraction, 4),
                                 "started_at": j.started_at, "elapsed_s": round(elapsed, 1),
                                 "eta_s": eta, "duration": j.duration})

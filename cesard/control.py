@@ -1,0 +1,290 @@
+"""Control requests: cancel and retry, checked against their sender, and answered.
+
+A client drops ``control/ACTION.ID.TOKEN.json`` (``{"action", "id", ...}``) like a
+job: built in ``tmp/``, published by rename. The sender is the uid that owns the
+request file (the kernel's word, like a peer credential); what the file says
+about its sender is not read. A request acts only when its sender is the job's
+owner, root, or a member of ``admin_group``. Every request is answered in
+``control/.reply-NAME`` (``{"ok", "message", ...}``, readable by its sender only
+in ``privacy: owner``), then removed; replies older than :data:`REPLY_TTL_S` are
+removed by the daemon. A request that goes wrong is that request's failure,
+logged and answered: it never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+import time
+from typing import TYPE_CHECKING, Any
+
+from cesard import job as jobmod
+from cesard import privacy
+from cesard.job import JobMeta, JobOptions
+from cesard.spool import Unclaimable, write_atomic
+
+if TYPE_CHECKING:
+    from cesard.supervisor import Supervisor
+
+log = logging.getLogger("cesard")
+
+REPLY_PREFIX = ".reply-"
+REPLY_TTL_S = 600.0
+MAX_REQUEST_BYTES = 4096
+
+
+class Refused(Exception):
+    """The request is not carried out; the message says why and what to do."""
+
+
+class Denied(Refused):
+    """Refused because its sender may not act on that job."""
+
+
+def reply_name(request: str) -> str:
+    return REPLY_PREFIX + request
+
+
+def read_request(path: Any) -> tuple[dict[str, Any], int]:
+    """The request's JSON and its sender's uid (the file's owner), read without
+    following links or blocking. Raises Refused when it is not a request."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        raise Refused(f"cannot open it: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REQUEST_BYTES:
+            raise Refused("not a regular file of at most 4096 bytes")
+        data = os.read(fd, MAX_REQUEST_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        req = json.loads(data)
+        if not isinstance(req, dict):
+            raise TypeError
+        str(req["action"])
+        str(req["id"])
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise Refused("malformed: expected JSON with 'action' and 'id'") from e
+    return req, st.st_uid
+
+
+class Control:
+    """Carries out control requests for one :class:`Supervisor`."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def scan(self, now: float) -> None:
+        for name in list(self.sup.spool.scan("control")):
+            if name.startswith(REPLY_PREFIX):
+                self._expire_reply(name, now)
+            else:
+                self.handle(name, now)
+
+    def handle(self, name: str, now: float) -> None:
+        if name.startswith("."):
+            return
+        spool = self.sup.spool
+        path = spool.dir("control") / name
+        shown = jobmod.display_name(name)
+        sender: int | None = None
+        job_id = ""
+        denied = False
+        try:
+            req, sender = read_request(path)
+            action, job_id = str(req["action"]), str(req["id"])
+            if not jobmod.valid_id(job_id):  # I7: never a path from a client (../, /)
+                raise Refused(f"invalid job id {job_id!r}")
+            if action == "cancel":
+                message = self._cancel(job_id, sender, now)
+            elif action == "retry":
+                message = self._retry(job_id, sender, now)
+            else:
+                raise Refused(f"unknown action {action!r}; known: cancel, retry")
+            ok = True
+        except Refused as e:
+            ok, message, denied = False, str(e), isinstance(e, Denied)
+            log.warning("control request %s from %s refused: %s", shown,
+                        jobmod.user_name(sender) if sender is not None else "?", message)
+        except Exception as e:  # noqa: BLE001 - a request never stops the daemon (I6)
+            ok, message = False, f"the daemon could not carry it out: {e}"
+            log.exception("job=%s control request %s failed", job_id or "-", shown)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if sender is not None:
+            self._reply(name, sender, {"ok": ok, "id": job_id, "message": message,
+                                       "denied": denied})
+
+    # --- answers ------------------------------------------------------------------------
+
+    def _reply(self, name: str, sender: int, data: dict[str, Any]) -> None:
+        spool = self.sup.spool
+        rname = reply_name(name)
+        try:
+            write_atomic(spool.dir("control"), rname, json.dumps(data).encode(), mode=0o640,
+                         durable=False)
+            if spool.guard is not None:
+                spool.guard.grant_file(spool.dir("control") / rname, sender)
+        except OSError as e:
+            log.warning("cannot answer control request %s: %s", jobmod.display_name(name), e)
+
+    def _expire_reply(self, name: str, now: float) -> None:
+        path = self.sup.spool.dir("control") / name
+        try:
+            if now - os.lstat(path).st_mtime > REPLY_TTL_S:
+                path.unlink()
+        except OSError:
+            pass
+
+    # --- who may -------------------------------------------------------------------------
+
+    def _authorize(self, job_id: str, owner: int | None, sender: int, action: str) -> None:
+        try:
+            admin_gid = privacy.group_id(self.sup.cfg.admin_group)
+        except privacy.PrivacyError:
+            admin_gid = None
+        if self.sup.cfg.privacy == "group" and owner is not None:
+            return  # every member may act on every job
+        if not privacy.may_act_on(sender, owner, admin_gid):
+            raise Denied(f"job {job_id} belongs to {jobmod.user_name(owner or 0)}, not to "
+                          f"{jobmod.user_name(sender)}: only its owner, root or a member of "
+                          f"admin_group may {action} it")
+
+    def _owner_on_disk(self, state: str, job_id: str) -> int | None:
+        path = self.sup.spool.dir(state) / job_id
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            try:
+                owner = self.sup.spool.read_meta(path).owner
+                return st.st_uid if owner is None else owner
+            except jobmod.JobError:
+                pass
+        return st.st_uid
+
+    # --- cancel -----------------------------------------------------------------------
+
+    def _cancel(self, job_id: str, sender: int, now: float) -> str:
+        sup = self.sup
+        for w in sup.workers:
+            if w.job is not None and w.job.id == job_id:
+                job = w.job
+                self._authorize(job_id, job.meta.owner, sender, "cancel")
+                w.job = None
+                sup._kill_worker(w)
+                sup._finish(job, "cancelled", None, None,
+                            jobmod.Cancelled("cancelled by request while running"), now)
+                return "cancelled while running"
+        if sup.held is not None and sup.held.id == job_id:
+            job = sup.held
+            self._authorize(job_id, job.meta.owner, sender, "cancel")
+            sup.held = None
+            sup._finish(job, "cancelled", None, None,
+                        jobmod.Cancelled("cancelled by request while waiting"), now)
+            return "cancelled while waiting"
+        for state in ("incoming", "deferred"):
+            try:
+                owner = self._owner_on_disk(state, job_id)
+            except FileNotFoundError:
+                continue
+            self._authorize(job_id, owner, sender, "cancel")
+            if self._cancel_queued(state, job_id, now):
+                return f"cancelled while {state}"
+        raise Refused(f"job {job_id} is not queued or running (finished already, or unknown)")
+
+    def _cancel_queued(self, state: str, job_id: str, now: float) -> bool:
+        """Take a queued or deferred job and finish it as cancelled; False if it moved."""
+        sup = self.sup
+        if state == "incoming":
+            entry = sup.spool.entry_key(job_id)
+            if entry is None:
+                return False
+            try:
+                claimed = sup.spool.claim(entry, sup.me, now)
+            except Unclaimable as e:
+                raise Refused(str(e)) from e
+            if claimed is None:
+                return False
+            path, meta = claimed.path, claimed.meta
+            job_id = claimed.id
+        else:
+            path = sup.spool.dir("processing") / job_id
+            try:
+                os.rename(sup.spool.dir(state) / job_id, path)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY):
+                    return False
+                raise
+            try:
+                meta = sup.spool.read_meta(path)
+            except jobmod.JobError:
+                meta = JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(now))
+        sup.index.discard(job_id)
+        sup.deferred.pop(job_id, None)
+        from cesard.supervisor import Running
+        job = Running(job_id, path, meta, JobOptions(), "", 0, "", now, now)
+        sup._finish(job, "cancelled", None, None,
+                    jobmod.Cancelled(f"cancelled by request while {state}"), now)
+        return True
+
+    # --- retry --------------------------------------------------------------------------
+
+    def _retry(self, job_id: str, sender: int, now: float) -> str:
+        sup = self.sup
+        src = sup.spool.dir("failed") / job_id
+        try:
+            owner = self._owner_on_disk("failed", job_id)
+        except FileNotFoundError:
+            raise Refused(f"job {job_id} is not in failed/; only failed jobs can be "
+                          "retried") from None
+        if not src.is_dir() or src.is_symlink():
+            raise Refused(f"failed/{job_id} is not a job directory")
+        self._authorize(job_id, owner, sender, "retry")
+        dst = sup.spool.dir("processing") / job_id
+        try:
+            os.rename(src, dst)
+        except OSError as e:
+            raise Refused(f"cannot take failed/{job_id}: {e.strerror}") from e
+        sup.on_disk["failed"] = max(0, sup.on_disk["failed"] - 1)
+        meta: JobMeta | None
+        try:
+            meta = sup.spool.read_meta(dst)
+            meta.attempts, meta.errors, meta.not_before = 0, [], None
+        except jobmod.JobError:
+            meta = None
+        sup.spool.requeue(job_id, meta)
+        log.info("job=%s queued again by request of %s", job_id, jobmod.user_name(sender))
+        sup._index_name(job_id, now, settled=True)
+        return "queued again"
+
+
+def wait_reply(control_dir: Any, name: str, timeout: float) -> dict[str, Any] | None:
+    """For clients: the daemon's answer to request ``name``, or None past ``timeout``."""
+    path = control_dir / reply_name(name)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            with os.fdopen(fd, "rb") as f:
+                try:
+                    data = json.loads(f.read(MAX_REQUEST_BYTES))
+                except ValueError:
+                    data = None
+            if isinstance(data, dict):
+                try:
+                    path.unlink()  # possible where the sticky bit allows (group mode)
+                except OSError:
+                    pass
+                return data
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
