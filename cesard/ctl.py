@@ -88,6 +88,18 @@ def not_member(spool: Spool) -> str:
             f"'usermod -aG {group} {whoami()}' (then log in again)")
 
 
+def denied(spool: Spool, e: OSError) -> str:
+    """Why a write into the spool was refused: not a member, or something else."""
+    try:
+        gid = spool.root.stat().st_gid
+    except OSError:
+        gid = -1
+    if gid not in (os.getegid(), *os.getgroups()):
+        return not_member(spool)
+    return (f"permission denied: {e.filename}: {e.strerror}; ask the administrator to check "
+            f"the spool's modes and ACLs (cesard --init, or systemd-tmpfiles --create)")
+
+
 def read_status(spool: Spool) -> dict[str, Any] | None:
     try:
         d = json.loads(read_small(spool.dir("state") / "status.json", 1 << 20))
@@ -175,8 +187,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         try:
             ids.append(spool.submit(f, opts, whoami()))
         except PermissionError as e:
-            raise CtlError(not_member(spool) + f" ({spool.root}/tmp: {e.strerror})",
-                           EX_NOPERM) from e
+            raise CtlError(denied(spool, e), EX_NOPERM) from e
         except OSError as e:
             raise CtlError(f"cannot submit {f}: {e.strerror}", EX_CANTCREAT) from e
     if not args.wait:
@@ -458,8 +469,7 @@ def _request(spool: Spool, action: str, job_id: str, timeout: float) -> dict[str
     try:
         name = spool.request(action, job_id, whoami())
     except PermissionError as e:
-        raise CtlError(not_member(spool) + f" ({spool.root}/control: {e.strerror})",
-                       EX_NOPERM) from e
+        raise CtlError(denied(spool, e), EX_NOPERM) from e
     if not daemon_alive(read_status(spool)):
         raise CtlError(f"cesard is not running; the {action} request for {job_id} is queued "
                        "and applies when it starts", EX_TEMPFAIL)

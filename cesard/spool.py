@@ -55,6 +55,7 @@ This module imports nothing of cesard but :mod:`cesard.job` and :mod:`cesard.pri
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
@@ -93,9 +94,29 @@ class Unclaimable(PermissionError):
 # --- durable file primitives -------------------------------------------------
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    """Make the entries of ``path`` durable. A member may not open a drop directory
+    (mode 1730: no read bit); it syncs the spool's filesystem instead (syncfs(2)
+    through the spool root, which members may read; the whole spool is one filesystem)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except PermissionError:
+        _syncfs(Path(path).parent)
+        return
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _syncfs(near: Path) -> None:
+    try:
+        fd = os.open(near, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        os.sync()
+        return
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            os.sync()
     finally:
         os.close(fd)
 

@@ -79,7 +79,7 @@ def test_standin_lifecycle(fresh_container: nspawn.Container) -> None:
 
     assert c.run("id -u cesar").stdout.strip() != "0"
     spool = c.run("stat -c '%a %U %G %n' /var/spool/cesar /var/spool/cesar/incoming").stdout
-    assert "750 cesar cesar /var/spool/cesar\n" in spool and "2770 cesar cesar" in spool, spool
+    assert "750 cesar cesar /var/spool/cesar\n" in spool and "1730 cesar cesar" in spool, spool
 
     t0 = time.monotonic()
     c.systemctl("start", "cesard.service")  # returns after READY=1

@@ -194,16 +194,18 @@ def test_sysusers(tmp_path: Path) -> None:
     assert user[6] == "/usr/sbin/nologin"
 
 
+# privacy: owner (the default); tests/test_privacy.py checks that 'cesard --init' agrees,
+# ACLs included.
 EXPECTED_MODES = {
     "": 0o0750,
-    "tmp": 0o2770,
-    "incoming": 0o2770,
-    "control": 0o2770,
-    "processing": 0o2750,
-    "deferred": 0o2750,
-    "done": 0o2750,
-    "failed": 0o2750,
-    "state": 0o2750,
+    "tmp": 0o1730,
+    "incoming": 0o1730,
+    "control": 0o1730,
+    "processing": 0o0750,
+    "deferred": 0o0750,
+    "done": 0o0750,
+    "failed": 0o0750,
+    "state": 0o0750,
 }
 
 
