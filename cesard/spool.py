@@ -651,6 +651,10 @@ class Spool:
         """Write result and outputs into the job dir, then rename it to done/ or failed/."""
         assert state in ("done", "failed")
         job_dir = src or self.dir("processing") / job_id
+        for name in (*outputs, RESULT):
+            p = job_dir / name
+            if os.path.lexists(p) and not stat.S_ISREG(os.lstat(p).st_mode):
+                _remove_tree(p)  # junk where an output goes (a directory, a link): never ours
         for name, data in outputs.items():
             write_atomic(job_dir, name, data, mode=0o640, durable=False)
         write_atomic(job_dir, RESULT,

@@ -497,3 +497,19 @@ def test_owner_mode_refuses_a_shared_spool_without_acls(
         assert d3.stop() == 0
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_junk_where_a_result_goes_never_stops_the_daemon(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """`mkdir processing/ID/result.json` then cancel ended the daemon (IsADirectoryError).
+    A member cannot make it any more (the directory is the daemon's); as root here."""
+    d = make_daemon().start()
+    job = d.submit_bytes("r.wav", fake_script(sleep=60))
+    wait_until(lambda: (d.status() or {}).get("running"), 10, "the job to run")
+    (d.spool / "processing" / job / "result.json" / "deeper").mkdir(parents=True)
+    r = d.ctl("cancel", job)
+    assert r.returncode == 0, r.stderr
+    res = d.wait_result(job)
+    assert res["status"] == "cancelled"
+    assert d.proc is not None and d.proc.poll() is None
+    assert "Traceback" not in d.log(), d.log()
