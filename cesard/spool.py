@@ -121,7 +121,7 @@ def _syncfs(near: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(directory: Path, name: str, data: bytes, mode: int = 0o660,
+def write_atomic(directory: Path, name: str, data: bytes, mode: int = 0o640,
                  durable: bool = True) -> None:
     """Write ``directory/name`` by temp file + rename (+ fsync when durable)."""
     tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"

@@ -59,10 +59,19 @@ def test_cesard_under_systemd(cesard_container: nspawn.Container) -> None:
     while not c.run("ls /var/spool/cesar/done").stdout.count("\n") >= 2:
         assert time.monotonic() < deadline, c.journal("cesard.service")
         time.sleep(0.5)
+    # privacy: owner under the real units: alice reads her job's result, not root's.
+    owners = {}
     for d in c.run("ls /var/spool/cesar/done").stdout.split():
-        res = json.loads(c.run(f"runuser -u alice -- cat /var/spool/cesar/done/{d}/result.json")
-                         .stdout)
+        res = json.loads(c.run(f"cat /var/spool/cesar/done/{d}/result.json").stdout)
         assert res["status"] == "done" and res["text"] == "", res
+        owners[res["owner"]["name"]] = d
+    assert set(owners) == {"alice", "root"}, owners
+    mine = c.run(f"runuser -u alice -- cat /var/spool/cesar/done/{owners['alice']}/result.json",
+                 check=False)
+    assert mine.returncode == 0 and json.loads(mine.stdout)["submitter"] == "alice"
+    theirs = c.run(f"runuser -u alice -- cat /var/spool/cesar/done/{owners['root']}/result.json",
+                   check=False)
+    assert theirs.returncode != 0 and "Permission denied" in theirs.stderr, theirs
 
     c.systemctl("reload", "cesard.service")
     c.wait_journal("cesard.service", "configuration reloaded")
