@@ -279,3 +279,35 @@ def test_default_config_matches_daemon() -> None:
     parsed = config.parse(conf, "packaging/cesard.yaml")
     builtin = config.parse({}, "built-in defaults")
     assert parsed.to_dict() == builtin.to_dict()
+
+
+GPU_DROPIN = UNITS / "cesard.service.d" / "gpu.conf"
+
+
+def test_gpu_dropin_verifies_clean(vroot: Path) -> None:
+    d = vroot / "etc/systemd/system/cesard.service.d"
+    d.mkdir()
+    shutil.copy(GPU_DROPIN, d / "gpu.conf")
+    r = analyze_verify(vroot, "cesard.service")
+    assert (r.returncode, r.stderr, r.stdout) == (0, "", "")
+
+
+def test_gpu_dropin_opens_only_nvidia_devices_and_keeps_the_hardening(tmp_path: Path) -> None:
+    """systemd-analyze security with the drop-in applied (found on SYSTEMD_UNIT_PATH)."""
+    units = tmp_path / "units"
+    (units / "cesard.service.d").mkdir(parents=True)
+    shutil.copy(UNITS / "cesard.service", units / "cesard.service")
+    shutil.copy(GPU_DROPIN, units / "cesard.service.d" / "gpu.conf")
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"}
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
+                        "cesard.service"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", r.stdout)
+    assert m, r.stdout[-2000:]
+    print(f"cesard.service + gpu.conf: exposure {m.group(1)} {m.group(2)}")
+    assert "✗ PrivateDevices=" in r.stdout, "the drop-in was not applied"
+    assert float(m.group(1)) <= MAX_EXPOSURE and m.group(2) in ("OK", "SAFE")
+    conf = parse_unit(GPU_DROPIN)["Service"]
+    assert conf["DevicePolicy"] == ["closed"]
+    assert sorted(conf["DeviceAllow"]) == ["char-nvidia-caps rw", "char-nvidia-frontend rw",
+                                           "char-nvidia-uvm rw"]
