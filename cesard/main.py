@@ -10,7 +10,7 @@ import pwd
 import sys
 from pathlib import Path
 
-from cesard import __version__, privacy
+from cesard import __version__, devices, models, privacy
 from cesard import config as configmod
 from cesard.spool import Spool, SpoolError
 from cesard.supervisor import Supervisor
@@ -106,6 +106,14 @@ def _init(cfg: configmod.Config, spool: Spool, args: argparse.Namespace) -> int:
     return 0
 
 
+def place(cfg: configmod.Config) -> devices.Placement:
+    """Where the workers run (DeviceError for an unusable 'device: cuda'). The fake engine
+    stays on the CPU under 'auto' without asking CTranslate2."""
+    if cfg.engine == "fake" and cfg.device == "auto":
+        return devices.resolve("cpu", [], cfg.compute_type)
+    return devices.resolve(cfg.device, cfg.device_index, cfg.compute_type)
+
+
 def _run(cfg: configmod.Config, spool: Spool, args: argparse.Namespace,
          ready_fd: int | None = None) -> int:
     try:
@@ -126,10 +134,21 @@ def _run(cfg: configmod.Config, spool: Spool, args: argparse.Namespace,
     if cfg.privacy == "group":
         spool.job_dir_mode = 0o2750
     log.info("%s", line)
+    try:
+        placement = place(cfg)
+        if cfg.engine == "faster-whisper":
+            built = models.assemble_base()
+            if built is not None:
+                log.debug("model base ready in %s", built)
+    except (devices.DeviceError, models.ModelError) as e:
+        log.error("%s", e)
+        return EX_CONFIG
+    log.info("%s; compute_type %s", placement.note, placement.compute_type)
     # args.config already holds $CESAR_CONFIG (see main).
     config_path = args.config or (
         str(configmod.DEFAULT_CONFIG) if Path(configmod.DEFAULT_CONFIG).exists() else None)
-    sup = Supervisor(cfg, spool, config_path, notifier=Notifier(ready_fd), drain=args.drain)
+    sup = Supervisor(cfg, spool, config_path, notifier=Notifier(ready_fd), drain=args.drain,
+                     placement=placement)
     try:
         return sup.run()
     except SpoolError as e:

@@ -19,19 +19,19 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cesard import config as configmod
+from cesard import devices, models, outputs, pool
 from cesard import job as jobmod
-from cesard import outputs
 from cesard.control import Control
 from cesard.index import Pending, QueueIndex
 from cesard.job import JobMeta, JobOptions
 from cesard.metrics import Metrics, write_textfile
+from cesard.pool import WorkerProc
 from cesard.spool import Claimed, Claimer, Entry, Spool, Unclaimable, write_atomic
 from cesard.systemd import Notifier
 from cesard.watch import Watcher
@@ -42,6 +42,7 @@ log = logging.getLogger("cesard")
 STATUS_URGENT_S = 0.05
 # Config keys whose change needs new worker processes.
 WORKER_KEYS = ("engine", "workers", "cpu_threads", "compute_type", "models", "preload_models",
+               "device", "device_index", "max_loaded_models",
                "max_audio_seconds", "worker_memory_limit", "log_level", "batch_size",
                "batch_min_seconds")
 
@@ -63,31 +64,20 @@ class Running:
     duration: float | None = None
 
 
-@dataclass
-class WorkerProc:
-    proc: subprocess.Popen[bytes]
-    reply_fd: int
-    generation: int
-    spawned: float
-    ready: bool = False
-    job: Running | None = None
-    served: int = 0
-    retiring: bool = False
-    buf: bytearray = field(default_factory=bytearray)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
 class StartupError(Exception):
     """The daemon cannot start (a model failed to load, the spool is unusable)."""
 
 
 class Supervisor:
     def __init__(self, cfg: configmod.Config, spool: Spool, config_path: str | None = None,
-                 notifier: Notifier | None = None, drain: bool = False) -> None:
+                 notifier: Notifier | None = None, drain: bool = False,
+                 placement: devices.Placement | None = None) -> None:
         self.cfg = cfg
+        self.placement = placement or devices.Placement("cpu", (), cfg.compute_type
+                                                        if cfg.compute_type != "auto"
+                                                        else "int8", "device: cpu")
+        self.model_infos = models.describe(cfg.model_dirs)
+        self.english_only = {m.name for m in self.model_infos if m.english_only}
         self.spool = spool
         self.config_path = config_path
         self.notify = notifier or Notifier()
@@ -170,7 +160,7 @@ class Supervisor:
         self.spool.check()
         # Workers load their models while the spool is recovered and indexed; none gets
         # a job before run_once, so recovery still happens before any claim.
-        for _ in range(self.cfg.worker_count):
+        for _ in range(pool.worker_count(self.cfg, self.placement)):
             self._spawn()
         now = time.time()
         self.recover(now, startup=True)
@@ -219,30 +209,10 @@ class Supervisor:
     # --- workers ------------------------------------------------------------------
 
     def _spawn(self) -> WorkerProc:
-        cfg = self.cfg
-        r, w = os.pipe()
-        preload = list(dict.fromkeys([cfg.job_defaults().model, *cfg.preload_models]))
-        # -P: never import cesard from the current directory (python -m would).
-        cmd = [sys.executable, "-P", "-m", "cesard.worker", "--engine", cfg.engine,
-               "--models", json.dumps(cfg.model_dirs), "--compute-type", cfg.compute_type,
-               "--cpu-threads", str(cfg.cpu_threads),
-               "--max-audio-seconds", str(cfg.max_audio_seconds),
-               "--batch-size", str(cfg.batch_size),
-               "--batch-min-seconds", str(cfg.batch_min_seconds),
-               "--memory-limit", str(cfg.worker_memory_limit),
-               "--reply-fd", str(w), "--log-level", cfg.log_level]
-        for m in preload:
-            cmd += ["--preload", m]
-        env = dict(os.environ)
-        env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
-        env.setdefault("OMP_NUM_THREADS", str(cfg.cpu_threads))
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=(w,), env=env,
-                                close_fds=True)
-        os.close(w)
-        os.set_blocking(r, False)
-        wp = WorkerProc(proc, r, self.generation, time.time())
+        wp = pool.spawn(self.cfg, self.placement,
+                        pool.free_device(self.workers, self.placement), self.generation)
         self.workers.append(wp)
-        log.debug("worker %d started", proc.pid)
+        log.debug("worker %d started on %s", wp.pid, wp.device)
         return wp
 
     def _close_worker(self, w: WorkerProc) -> None:
@@ -306,6 +276,8 @@ class Supervisor:
 
     def _on_message(self, w: WorkerProc, msg: dict[str, Any], now: float) -> None:
         op = str(msg.get("op"))
+        if isinstance(msg.get("models"), list):
+            w.models = [str(m) for m in msg["models"]]
         if op == "ready":
             w.ready = True
             self.spawn_backoff = 0.0
@@ -359,8 +331,8 @@ class Supervisor:
         if self.stopping or now < self.spawn_backoff:
             return
         live = [w for w in self.workers if not w.retiring]
-        if len(live) < self.cfg.worker_count:
-            for _ in range(self.cfg.worker_count - len(live)):
+        if len(live) < pool.worker_count(self.cfg, self.placement):
+            for _ in range(pool.worker_count(self.cfg, self.placement) - len(live)):
                 self._spawn()
             if not self.ready_sent:
                 return
@@ -539,7 +511,11 @@ class Supervisor:
                 log.info("job=%s is exclusive: waiting for %d running job(s)", job.id, len(busy))
                 self.held = job
                 return
-            self._send(idle[0], job, now)
+            self._send(self._pick(idle, job), job, now)
+
+    def _pick(self, idle: list[WorkerProc], job: Running) -> WorkerProc:
+        """An idle worker that holds the job's model already, else the first idle one."""
+        return next((w for w in idle if job.options.model in w.models), idle[0])
 
     def _claim(self, entry: Entry, now: float) -> Running | None:
         try:
@@ -585,6 +561,10 @@ class Supervisor:
                     f"{c.id}/job.json: model {options.model!r} is not configured (configured: "
                     f"{', '.join(self.cfg.model_dirs)}); pick one of those or add it under "
                     "'models' in the configuration")
+            try:
+                jobmod.check_language(options, options.model in self.english_only)
+            except jobmod.InvalidOption as e:
+                raise jobmod.InvalidOption(f"{c.id}/job.json: {e}") from None
             audio, size = self.spool.find_audio(c.path, meta, self.cfg.max_file_bytes)
         except jobmod.JobError as e:
             bad = Running(c.id, c.path, meta, JobOptions(), "", 0, started_at, now, now)
@@ -757,8 +737,11 @@ class Supervisor:
             "stopping" if self.stopping else ("running" if self.ready_sent
                                                        else "starting"),
             "engine": self.cfg.engine, "model": self.cfg.job_defaults().model,
-            "workers": [{"pid": w.pid, "ready": w.ready,
-                         "job": w.job.id if w.job else None} for w in self.workers],
+            "device": self.placement.device, "compute_type": self.placement.compute_type,
+            "workers": [w.to_status() for w in self.workers],
+            "models": [dict(m.to_dict(), workers=[w.pid for w in self.workers
+                                                  if m.name in w.models])
+                       for m in self.model_infos],
             "running": running,
             "queue": {"incoming": len(self.index) + len(self.index.pending),
                       "processing": len(running) + (1 if self.held else 0),
@@ -826,6 +809,8 @@ class Supervisor:
         new.spool = self.cfg.spool
         restart = any(getattr(new, k) != getattr(self.cfg, k) for k in WORKER_KEYS)
         self.cfg = new
+        self.model_infos = models.describe(new.model_dirs)
+        self.english_only = {m.name for m in self.model_infos if m.english_only}
         if restart:
             self.generation += 1
             log.info("configuration reloaded from %s; workers restart after their current job",

@@ -6,7 +6,7 @@ Protocol (JSON lines). The supervisor writes to the worker's stdin::
 
 and reads from the file descriptor given by ``--reply-fd``::
 
-    {"op": "ready", "pid": PID}                       models loaded
+    {"op": "ready", "pid": PID, "models": [...]}      models loaded
     {"op": "fatal", "error": {...}}                   could not start; exits
     {"op": "progress", "id": ID, "fraction": F}       at most every 0.5 s
     {"op": "done", "id": ID, "transcript": {...}, "source": {...}, "transcribe_s": S}
@@ -107,7 +107,10 @@ class Worker:
                 transcript = self.engine.transcribe(audio, msg["name"], options, progress)
         except jobmod.JobError as e:
             log.warning("job=%s failed: %s: %s", job_id, e.type, e)
-            self.send({"op": "error", "id": job_id, "error": e.to_dict(), "source": source})
+            self.send({"op": "error", "id": job_id, "error": e.to_dict(), "source": source,
+                       "models": self.engine.loaded_models()})
+            if e.type == "CudaOutOfMemory":
+                raise SystemExit(4) from e  # a fresh process gets a clean GPU memory pool
             return
         except MemoryError:
             oom = jobmod.TransientError("the worker ran out of memory (worker_memory_limit)")
@@ -119,7 +122,8 @@ class Worker:
             self.send({"op": "error", "id": job_id, "error": err.to_dict(), "source": source})
             return
         self.send({"op": "done", "id": job_id, "transcript": transcript, "source": source,
-                   "transcribe_s": round(time.monotonic() - start, 4)})
+                   "transcribe_s": round(time.monotonic() - start, 4),
+                   "models": self.engine.loaded_models()})
 
     def serve(self, commands: BinaryIO) -> None:
         for line in commands:
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", required=True, help="JSON map of model name to directory")
     p.add_argument("--preload", action="append", default=[])
     p.add_argument("--compute-type", default="int8")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--max-loaded-models", type=int, default=2)
     p.add_argument("--cpu-threads", type=int, default=1)
     p.add_argument("--max-audio-seconds", type=float, default=0)
     p.add_argument("--batch-size", type=int, default=8)
@@ -154,15 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     if a.memory_limit:
         resource.setrlimit(resource.RLIMIT_AS, (a.memory_limit, a.memory_limit))
     engine = make_engine(a.engine, json.loads(a.models), a.compute_type, a.cpu_threads,
-                         a.max_audio_seconds, a.batch_size, a.batch_min_seconds)
+                         a.max_audio_seconds, a.batch_size, a.batch_min_seconds, a.device,
+                         a.max_loaded_models)
     worker = Worker(engine, a.reply_fd)
     try:
         for model in a.preload:
-            engine.load(model)
+            engine.load(model, pin=True)
     except jobmod.JobError as e:
         worker.send({"op": "fatal", "error": e.to_dict()})
         return 3
-    worker.send({"op": "ready", "pid": os.getpid()})
+    worker.send({"op": "ready", "pid": os.getpid(), "models": engine.loaded_models()})
     worker.serve(commands)
     return 0
 
