@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cesard import config as configmod
-from cesard import control, outputs
+from cesard import control, models, outputs
 from cesard import job as jobmod
 from cesard.spool import STATES, Spool, SpoolError, is_ignored_name, read_small
 
@@ -154,6 +154,28 @@ def locate(spool: Spool, job_id: str, mine: bool = True) -> tuple[str, Path]:
 
 # --- submit ------------------------------------------------------------------------
 
+FLAGS = {"model": "--model", "language": "--language", "task": "--task",
+         "priority": "--priority", "beam_size": "--beam-size",
+         "initial_prompt": "--initial-prompt", "formats": "--format"}
+
+
+def as_flags(message: str) -> str:
+    """An option error as the user typed it: "option 'beam_size'" → "--beam-size"."""
+    for key, flag in FLAGS.items():
+        message = message.replace(f"option {key!r}", flag)
+    return message.replace("command line: ", "")
+
+
+def check_model(cfg: configmod.Config, options: jobmod.JobOptions) -> None:
+    """InvalidOption unless the daemon's configuration has the model and it speaks the
+    language asked for (what the daemon would refuse later, said now)."""
+    dirs = cfg.model_dirs
+    if cfg.engine == "faster-whisper" and options.model not in dirs:
+        raise jobmod.InvalidOption(
+            f"option 'model': {options.model!r} is not configured (configured: "
+            f"{', '.join(dirs)}); 'cesarctl models' lists them")
+    jobmod.check_language(options, models.english_only(options.model, dirs.get(options.model)))
+
 def cmd_submit(args: argparse.Namespace) -> int:
     spool, cfg = open_spool(args)
     opts: dict[str, Any] = {}
@@ -171,9 +193,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.exclusive:
         opts["exclusive"] = True
     try:
-        jobmod.parse_options(opts, where="command line")
+        options = jobmod.parse_options(opts, cfg.job_defaults(), where="command line")
+        check_model(cfg, options)
     except jobmod.InvalidOption as e:
-        raise CtlError(str(e).replace("option '", "--").replace("'", "", 1), EX_USAGE) from e
+        raise CtlError(as_flags(str(e)), EX_USAGE) from e
     files = [Path(f) for f in args.files]
     for f in files:
         if not f.exists():
@@ -559,6 +582,31 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """The daemon's models (from its status), else those of the configuration."""
+    spool, cfg = open_spool(args)
+    st = read_status(spool)
+    rows: list[dict[str, Any]]
+    if daemon_alive(st) and st and isinstance(st.get("models"), list):
+        rows = st["models"]
+    else:
+        rows = [dict(m.to_dict(), workers=[]) for m in models.describe(cfg.model_dirs)]
+    if args.json or not tty():
+        if args.json:
+            emit(rows, args)
+        else:
+            for r in rows:
+                print(f"{r['name']}\t{r['languages']}\t{r.get('bytes') or ''}\t{r['path']}\t"
+                      + ",".join(map(str, r.get("workers") or [])))
+        return EX_OK
+    for r in rows:
+        size = f"{r['bytes'] / 1e6:.0f} MB" if r.get("bytes") else "not built yet"
+        held = ", ".join(map(str, r.get("workers") or [])) or "-"
+        print(f"{r['name']:<12} {r['languages']:<13} {size:>13}  workers: {held}\n"
+              f"{'':<12} {r['path']}")
+    return EX_OK
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     try:
         spool, cfg = open_spool(args)
@@ -611,8 +659,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("submit", parents=[common], help="queue audio files; print job ids")
     s.add_argument("files", nargs="+", metavar="FILE")
     s.add_argument("--model")
-    s.add_argument("--language")
-    s.add_argument("--task", choices=jobmod.TASKS)
+    s.add_argument("--language", help="language code (de, fr, ...), or auto to detect "
+                   "(multilingual models)")
+    s.add_argument("--task", choices=jobmod.TASKS,
+                   help="translate: into English (multilingual models)")
     s.add_argument("--priority", choices=jobmod.PRIORITIES)
     s.add_argument("--format", action="append",
                    help="also write srt/vtt; with --wait, the format printed (txt, srt, vtt, "
@@ -655,6 +705,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--state", choices=("done", "failed"))
     s.add_argument("--dry-run", action="store_true")
     s.set_defaults(func=cmd_prune)
+    s = sub.add_parser("models", parents=[common],
+                       help="models: name, languages, size on disk, path, workers holding it")
+    s.set_defaults(func=cmd_models)
     s = sub.add_parser("health", parents=[common],
                        help="one line; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")
     s.set_defaults(func=cmd_health)

@@ -49,6 +49,33 @@ class Engine(Protocol):
         """Transcribe one file."""
 
 
+class Held:
+    """The models a worker holds: at most ``limit``, least recently used dropped first;
+    pinned (preloaded) ones are never dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.models: OrderedDict[str, Any] = OrderedDict()
+        self.pinned: set[str] = set()
+
+    def get(self, name: str) -> Any:
+        """The held model (now the most recently used), or None."""
+        if name not in self.models:
+            return None
+        self.models.move_to_end(name)
+        return self.models[name]
+
+    def make_room(self) -> None:
+        while len(self.models) >= self.limit:
+            victim = next((m for m in self.models if m not in self.pinned), None)
+            if victim is None:
+                return  # only preloaded models: they stay warm
+            del self.models[victim]
+
+    def names(self) -> list[str]:
+        return list(self.models)
+
+
 class FakeEngine:
     """Deterministic engine for tests and benchmarks.
 
@@ -62,19 +89,24 @@ class FakeEngine:
 
     name = "fake"
 
-    def __init__(self, models: dict[str, str], max_audio_seconds: float = 0) -> None:
+    def __init__(self, models: dict[str, str], max_audio_seconds: float = 0,
+                 max_loaded_models: int = 2) -> None:
         self.models = models
         self.max_audio_seconds = max_audio_seconds
-        self.held: list[str] = []
+        self.held = Held(max_loaded_models)
 
     def load(self, model: str, pin: bool = False) -> None:
         if self.models and model not in self.models:
             raise jobmod.UnknownModel(f"model {model!r} is not configured "
                                       f"(configured: {', '.join(self.models)})")
-        self.held = [m for m in self.held if m != model] + [model]
+        if pin:
+            self.held.pinned.add(model)
+        if self.held.get(model) is None:
+            self.held.make_room()
+            self.held.models[model] = model
 
     def loaded_models(self) -> list[str]:
-        return list(self.held)
+        return self.held.names()
 
     def transcribe(self, audio: BinaryIO, name: str, options: JobOptions,
                    progress: Progress) -> Transcript:
@@ -134,15 +166,12 @@ class WhisperEngine:
         self.batch_size = batch_size
         self.batch_min_seconds = batch_min_seconds
         self.device = device  # "cpu" or "cuda" (the worker sees only its own GPU)
-        self.max_loaded_models = max_loaded_models
-        self.loaded: OrderedDict[str, Any] = OrderedDict()  # least recently used first
-        self.pinned: set[str] = set()  # preloaded: kept warm, never evicted
+        self.held = Held(max_loaded_models)
 
     def load(self, model: str, pin: bool = False) -> None:
         if pin:
-            self.pinned.add(model)
-        if model in self.loaded:
-            self.loaded.move_to_end(model)
+            self.held.pinned.add(model)
+        if self.held.get(model) is not None:
             return
         if model not in self.models:
             raise jobmod.UnknownModel(
@@ -150,9 +179,9 @@ class WhisperEngine:
                 "add it under 'models' in the configuration")
         from faster_whisper import WhisperModel
 
-        self._evict()
+        self.held.make_room()
         try:
-            self.loaded[model] = WhisperModel(
+            self.held.models[model] = WhisperModel(
                 self.models[model], device=self.device, device_index=0,
                 compute_type=self.compute_type, cpu_threads=self.cpu_threads, num_workers=1,
                 local_files_only=True)
@@ -161,16 +190,8 @@ class WhisperEngine:
                 f"cannot load model {model!r} from {self.models[model]} on {self.device}: "
                 f"{e}") from e
 
-    def _evict(self) -> None:
-        """Make room for one more model: drop the least recently used unpinned ones."""
-        while len(self.loaded) >= max(1, self.max_loaded_models):
-            victim = next((m for m in self.loaded if m not in self.pinned), None)
-            if victim is None:
-                return  # only preloaded models: they stay warm
-            del self.loaded[victim]
-
     def loaded_models(self) -> list[str]:
-        return list(self.loaded)
+        return self.held.names()
 
     def transcribe(self, audio: BinaryIO, name: str, options: JobOptions,
                    progress: Progress) -> Transcript:
@@ -180,7 +201,7 @@ class WhisperEngine:
         shown = jobmod.display_name(name)
         jobmod.check_language(options, english_only(options.model, self.models.get(options.model)))
         self.load(options.model)
-        model = self.loaded[options.model]
+        model = self.held.get(options.model)
         # Rejected from the container's header first, before decoding hours of audio.
         check_length(shown, probe_duration(audio), self.max_audio_seconds)
         try:
@@ -206,15 +227,14 @@ class WhisperEngine:
         try:
             out, info, worst = self._decode(model, samples, duration, options, batched,
                                             batch_size, 1.0, progress)
-            if worst > LOOP_COMPRESSION_RATIO:
-                # A repetition loop (a segment that compresses like "pour tous, pour tous,
-                # ..."): decode again, deterministically, with a repetition penalty, and
-                # keep whichever pass repeats less.
+            if worst >= LOOP_REPEATS:
+                # A repetition loop ("pour tous, pour tous, ..."): decode again,
+                # deterministically, with a repetition penalty, and keep whichever pass
+                # repeats less.
                 again, info2, worst2 = self._decode(model, samples, duration, options,
                                                     batched, batch_size,
                                                     LOOP_REPETITION_PENALTY, progress)
-                decoding["loop_guard"] = {"compression_ratio": round(worst, 2),
-                                          "retry_compression_ratio": round(worst2, 2),
+                decoding["loop_guard"] = {"repeats": worst, "retry_repeats": worst2,
                                           "used": "retry" if worst2 < worst else "first"}
                 if worst2 < worst:
                     out, info = again, info2
@@ -246,8 +266,8 @@ class WhisperEngine:
 
     def _decode(self, model: Any, samples: Any, duration: float, options: JobOptions,
                 batched: bool, batch_size: int, repetition_penalty: float,
-                progress: Progress) -> tuple[list[dict[str, Any]], Any, float]:
-        """One deterministic pass: segments, info, and the worst compression ratio."""
+                progress: Progress) -> tuple[list[dict[str, Any]], Any, int]:
+        """One deterministic pass: segments, info, and its longest repetition run."""
         common: dict[str, Any] = dict(
             language=options.language, task=options.task, beam_size=options.beam_size,
             word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
@@ -262,7 +282,7 @@ class WhisperEngine:
                 samples, vad_filter=options.vad_filter,
                 condition_on_previous_text=DECODING["condition_on_previous_text"], **common)
         out = []
-        worst = 0.0
+        worst = 0
         # The generator is lazy: decoding happens (and can fail) while iterating.
         for seg in segments:
             words = None
@@ -272,7 +292,7 @@ class WhisperEngine:
                          for w in seg.words]
             out.append({"start": round(seg.start, 3), "end": round(seg.end, 3),
                         "text": seg.text.strip(), "words": words})
-            worst = max(worst, float(getattr(seg, "compression_ratio", 0.0) or 0.0))
+            worst = max(worst, repeats(seg.text))
             progress(min(1.0, seg.end / duration), None)
         return out, info, worst
 
@@ -286,8 +306,22 @@ class WhisperEngine:
 # ..." out (the French fixture with the base model).
 DECODING: dict[str, Any] = {"temperature": 0.0, "condition_on_previous_text": False,
                             "repetition_penalty": 1.0}
-LOOP_COMPRESSION_RATIO = 2.4  # faster-whisper's own threshold for a failed window
+LOOP_REPEATS = 4  # one to four words said this many times in a row: a loop, not speech
 LOOP_REPETITION_PENALTY = 1.2
+
+
+def repeats(text: str) -> int:
+    """The most times any run of one to four words follows itself in ``text``
+    ("pour tous, pour tous, pour tous" → 3; "8-8-8-8" → 4; ordinary speech → 1)."""
+    words = re.findall(r"\w+", text.lower())
+    best = 1
+    for n in range(1, 5):
+        for start in range(len(words) - n):
+            count, i = 1, start + n
+            while words[i:i + n] == words[start:start + n]:
+                count, i = count + 1, i + n
+            best = max(best, count)
+    return best
 
 
 def english_only(name: str, path: str | None) -> bool:
@@ -323,7 +357,7 @@ def make_engine(name: str, models: dict[str, str], compute_type: str = "int8",
                 batch_min_seconds: float = 0, device: str = "cpu",
                 max_loaded_models: int = 2) -> Engine:
     if name == "fake":
-        return FakeEngine(models, max_audio_seconds)
+        return FakeEngine(models, max_audio_seconds, max_loaded_models)
     if name == "faster-whisper":
         return WhisperEngine(models, compute_type, cpu_threads, max_audio_seconds, batch_size,
                              batch_min_seconds, device, max_loaded_models)

@@ -122,7 +122,9 @@ class Daemon:
 
     def ctl(self, *args: str, timeout: float = 120.0, check: bool = False,
             input: bytes | None = None) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([str(BIN / "cesarctl"), "--spool", str(self.spool), *args],
+        # cesarctl reads the daemon's configuration, as it reads /etc/cesar/cesard.yaml.
+        conf = ["--config", str(self.config_path)] if self.config_path.exists() else []
+        r = subprocess.run([str(BIN / "cesarctl"), "--spool", str(self.spool), *conf, *args],
                            capture_output=True, text=True, timeout=timeout, env=self.env,
                            input=input.decode() if input else None)
         if check and r.returncode != 0:

@@ -54,8 +54,15 @@ def test_result_json_schema_from_real_engine(whisper_daemon: Daemon) -> None:
     assert whisper_daemon.ctl("result", job, "--format", "srt").stdout.startswith("1\n00:00:")
 
 
-def test_unknown_model_fails_the_job(whisper_daemon: Daemon) -> None:
+def test_unknown_model_is_refused_at_submit_and_fails_a_hand_written_job(
+        whisper_daemon: Daemon) -> None:
     r = whisper_daemon.ctl("submit", str(FIXTURES / "hello.wav"), "--model", "large-v9",
                            "--wait")
-    assert r.returncode == 65
-    assert "UnknownModel" in r.stderr and "large-v9" in r.stderr
+    assert r.returncode == 64
+    assert "--model" in r.stderr and "large-v9" in r.stderr and "not configured" in r.stderr
+    meta = {"id": "bigmodel", "submitted_at": "2026-11-24T03:15:01.123456Z",
+            "source_name": "a.wav", "options": {"model": "large-v9"}}
+    whisper_daemon.publish_dir("bigmodel", {"a.wav": (FIXTURES / "hello.wav").read_bytes(),
+                                            "job.json": json.dumps(meta).encode()})
+    res = whisper_daemon.wait_result("bigmodel", 60)
+    assert res["error"]["type"] == "UnknownModel" and "large-v9" in res["error"]["message"]
