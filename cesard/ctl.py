@@ -383,6 +383,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                      f"({st['model']}), {len(st['workers'])} worker(s)")
     else:
         lines.append("daemon:  not running")
+    if alive and st:
+        for w in st.get("workers", []):
+            lines.append(f"worker:  {w['pid']} on {w.get('device', 'cpu')}, models "
+                         f"{', '.join(w.get('models') or []) or '-'}"
+                         + (f", running {w['job']}" if w.get("job") else ""))
     lines.append("queue:   " + ", ".join(
         f"{'?' if counts[s] is None else counts[s]} {s}" for s in STATES))
     if st and alive:

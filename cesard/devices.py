@@ -91,8 +91,9 @@ def missing_piece(probe_error: str) -> str:
                     "add the drop-in contrib/systemd/cesard.service.d/gpu.conf)")
         return "no NVIDIA driver is loaded (no /dev/nvidia0, no /proc/driver/nvidia)"
     if not cuda_library_dirs():
-        return ("the CUDA libraries (cuBLAS, cuDNN) are not installed; install the gpu extra: "
-                "pip install 'cesard[gpu]' (or the distribution's libcublas12 and libcudnn9)")
+        return ("the CUDA libraries (cuBLAS, cuDNN) are not installed; install cesard's gpu "
+                "extra into its environment (from the source tree: pip install '.[gpu]'), or "
+                "the distribution's libcublas12 and libcudnn9")
     return probe_error or "CTranslate2 reports 0 CUDA devices"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -29,7 +30,8 @@ class Metrics:
         if status == "done":
             self.last_success = now
 
-    def render(self, queue: dict[str, int], running: int, spool: str) -> str:
+    def render(self, queue: dict[str, int], running: int, spool: str,
+               workers: list[dict[str, Any]] | None = None) -> str:
         lbl = f'spool="{spool}"'
         out = [
             "# HELP cesard_jobs_finished_total Jobs finished since the daemon started.",
@@ -53,8 +55,18 @@ class Metrics:
             "# HELP cesard_last_success_timestamp_seconds When a job last finished done.",
             "# TYPE cesard_last_success_timestamp_seconds gauge",
             f"cesard_last_success_timestamp_seconds{{{lbl}}} {self.last_success:.3f}",
+            "# HELP cesard_worker_model_loaded A worker process holds this model on this device.",
+            "# TYPE cesard_worker_model_loaded gauge",
         ]
+        for w in workers or []:
+            for model in w.get("models") or []:
+                out.append(f'cesard_worker_model_loaded{{{lbl},worker="{w["pid"]}",'
+                           f'device="{w["device"]}",model="{_escape(model)}"}} 1')
         return "\n".join(out) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def write_textfile(path: str, text: str) -> None:

@@ -786,7 +786,8 @@ class Supervisor:
 
     def _write_metrics(self, st: dict[str, Any]) -> None:
         assert self.cfg.metrics_textfile
-        text = self.metrics.render(st["queue"], len(st["running"]), str(self.spool.root))
+        text = self.metrics.render(st["queue"], len(st["running"]), str(self.spool.root),
+                                   st["workers"])
         try:
             write_textfile(self.cfg.metrics_textfile, text)
             self.metrics_error_logged = False

@@ -22,7 +22,7 @@ from cesard import models
 def multi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A real faster-whisper daemon with tiny.en and base, device auto (no GPU here)."""
     if models.base_parts() is None:
-        pytest.skip("the base model packages are not installed (pip install '.[base]')")
+        pytest.skip("the base model packages are not installed (the base extra)")
     tmp = tmp_path_factory.mktemp("multi")
     d = Daemon(tmp, engine="faster-whisper", workers=1, settle_seconds=0.5, device="auto",
                preload_models=["base"])
@@ -144,7 +144,7 @@ def test_cesarctl_models_lists_languages_sizes_paths_and_holders(multi: Daemon) 
 def test_base_is_assembled_once_atomically_and_repaired_when_broken(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if models.base_parts() is None:
-        pytest.skip("the base model packages are not installed (pip install '.[base]')")
+        pytest.skip("the base model packages are not installed (the base extra)")
     monkeypatch.setenv("CESAR_MODEL_CACHE", str(tmp_path / "cache"))
     target = models.assemble_base()
     assert target is not None and (target / ".complete").exists()
@@ -169,7 +169,7 @@ def test_device_cuda_without_a_gpu_exits_78_naming_the_missing_piece(
     assert d.wait_exit(60) == 78
     log = d.log()
     assert "device: cuda, but no usable GPU" in log, log
-    assert "driver" in log or "gpu.conf" in log or "cesard[gpu]" in log, log
+    assert "driver" in log or "gpu.conf" in log or "gpu extra" in log, log
     assert len([line for line in log.splitlines() if "no usable GPU" in line]) == 1
 
 

@@ -36,6 +36,8 @@ def test_metrics_textfile_counts_jobs(make_daemon: Callable[..., Daemon]) -> Non
     assert sample(text, "cesard_queue_jobs", state="done") == 1
     assert sample(text, "cesard_running_jobs") == 0
     assert (sample(text, "cesard_last_success_timestamp_seconds") or 0) > 1.7e9
+    # Each worker's device and models (issue 10): the fake engine holds the default model.
+    assert sample(text, "cesard_worker_model_loaded", device="cpu", model="tiny.en") == 1
     # Every sample line is valid exposition format; HELP/TYPE precede each family.
     for line in text.splitlines():
         assert line.startswith("# ") or re.match(r'^[a-z_]+\{[^}]*\} [0-9.e+-]+$', line), line
