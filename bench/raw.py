@@ -6,8 +6,8 @@ transcribe the files in order and print {"op": "done", start, end, texts}.
 ``once FILE``: the whole life of a one-shot process (import, load, transcribe).
 
 Decoding matches cesard's WhisperEngine: decode_audio at 16 kHz, then
-model.transcribe(samples, beam_size, vad_filter, ...) and the segments' text
-stripped and joined with spaces.
+model.transcribe(samples, beam_size, vad_filter, temperature 0, no conditioning on
+the previous text) and the segments' text stripped and joined with spaces.
 """
 
 from __future__ import annotations
@@ -56,10 +56,13 @@ def main() -> int:
             segments, _info = model.transcribe(samples, vad_filter=True)
         elif pipe is not None:
             segments, _info = pipe.transcribe(samples, beam_size=a.beam,
-                                              vad_filter=not a.no_vad, batch_size=a.batched)
+                                              vad_filter=not a.no_vad, batch_size=a.batched,
+                                              temperature=0.0)
         else:
+            # cesard's deterministic decoding (cesard.engine.DECODING), without its loop guard
             segments, _info = model.transcribe(samples, beam_size=a.beam,
-                                               vad_filter=not a.no_vad)
+                                               vad_filter=not a.no_vad, temperature=0.0,
+                                               condition_on_previous_text=False)
         texts.append(" ".join(s.text.strip() for s in segments).strip())
     end = time.time()
     cpu = time.process_time() - cpu_start

@@ -50,6 +50,13 @@ def wait_ready(r: int, child: int, log_file: str | None) -> int:
     return 1
 
 
+def use_syslog(name: str) -> None:
+    """Send the root logger to syslog (/dev/log) as ``name[pid]``."""
+    handler = logging.handlers.SysLogHandler(address="/dev/log")
+    handler.setFormatter(logging.Formatter(f"{name}[%(process)d]: %(message)s"))
+    logging.getLogger().handlers[:] = [handler]
+
+
 def detach(run: Callable[[int], int], pidfile: str | None, log_file: str | None,
            level: str) -> int:
     """Daemonise (double fork, setsid, chdir /), then call ``run(ready_fd)``.
@@ -80,8 +87,7 @@ def detach(run: Callable[[int], int], pidfile: str | None, log_file: str | None,
             setup_logging(level, stream=stream)
         else:
             setup_logging(level)
-            handler = logging.handlers.SysLogHandler(address="/dev/log")
-            handler.setFormatter(logging.Formatter("cesard[%(process)d]: %(message)s"))
-            logging.getLogger().handlers[:] = [handler]
+            use_syslog("cesard")
+            os.environ["CESAR_LOG_SYSLOG"] = "1"  # the workers log there too
         code = run(w)
     sys.exit(code)

@@ -64,6 +64,14 @@ def free_device(workers: list[WorkerProc], placement: devices.Placement) -> str:
     return min((f"cuda:{i}" for i in placement.indexes), key=live.count)
 
 
+def _open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return os.get_inheritable(fd) or fd > 2
+
+
 def spawn(cfg: configmod.Config, placement: devices.Placement, device: str,
           generation: int) -> WorkerProc:
     """Start one worker on ``device``."""
@@ -85,7 +93,12 @@ def spawn(cfg: configmod.Config, placement: devices.Placement, device: str,
     env = devices.worker_env(device, dict(os.environ))
     env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
     env.setdefault("OMP_NUM_THREADS", str(cfg.cpu_threads))
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=(w,), env=env, close_fds=True)
+    # Under --detach, fds 1 and 2 may be closed (python-daemon): a worker then gets
+    # /dev/null there and logs to syslog like the supervisor (CESAR_LOG_SYSLOG).
+    out: int | None = None if _open(1) else subprocess.DEVNULL
+    err: int | None = None if _open(2) else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, pass_fds=(w,),
+                            env=env, close_fds=True)
     os.close(w)
     os.set_blocking(r, False)
     return WorkerProc(proc, r, generation, time.time(), device)

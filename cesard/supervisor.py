@@ -270,6 +270,10 @@ class Supervisor:
                 f"the worker process died ({sig}) while transcribing "
                 f"{jobmod.display_name(job.audio)}"), now)
         elif not w.ready and not self.stopping:
+            if not self.ready_sent:
+                # Never a silent hang: a start whose workers cannot come up ends here.
+                raise StartupError(f"worker {w.pid} exited (status {code}) before it was "
+                                   "ready; its lines above say why")
             log.error("worker %d exited (status %d) before it was ready", w.pid, code)
         elif not self.stopping and not w.retiring:
             log.warning("worker %d exited unexpectedly (status %d)", w.pid, code)

@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent()
     setup_logging(a.log_level, "cesard-worker")
+    if os.environ.get("CESAR_LOG_SYSLOG"):
+        from cesard.daemonize import use_syslog
+        use_syslog("cesard-worker")
     # faster-whisper logs per-file lines without the job id; the supervisor logs each job.
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     commands = sys.stdin.buffer

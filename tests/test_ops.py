@@ -94,6 +94,27 @@ def test_detach_pidfile_log_reload_and_stop(tmp_path: Path, detached: list[int])
     assert "stopped: 1 done" in logfile.read_text()
 
 
+def test_detach_without_a_log_file_returns_once_ready(tmp_path: Path,
+                                                       detached: list[int]) -> None:
+    """The README's `cesard --detach --pidfile ~/d.pid` with no --log-file never returned:
+    python-daemon leaves fds 0-2 close-on-exec, workers died, the start hung silently."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "cesard.yaml").write_text(yaml.safe_dump({"engine": "fake", "workers": 2}))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NOTIFY_SOCKET", "CESAR_SPOOL", "CESAR_CONFIG", "JOURNAL_STREAM")}
+    r = subprocess.run([str(BIN / "cesard"), "--config", "cesard.yaml", "--spool", "spool",
+                        "--detach", "--pidfile", "run/cesard.pid"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    pid = wait_until(lambda: read_pid(tmp_path / "run" / "cesard.pid"), 10, "the pidfile")
+    detached.append(pid)
+    d = Daemon(tmp_path)
+    job = d.submit_bytes("a.wav", fake_script(text="no log file"))
+    assert d.wait_result(job)["text"] == "no log file"
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not alive(pid), 30, "the daemon to stop")
+
+
 def test_detach_reports_a_daemon_that_dies_before_ready(tmp_path: Path,
                                                         detached: list[int]) -> None:
     (tmp_path / "run").mkdir()
