@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cesard import __version__, control, models, outputs
 from cesard import config as configmod
-from cesard import control, models, outputs
 from cesard import job as jobmod
 from cesard.spool import STATES, Spool, SpoolError, is_ignored_name, read_small
 
@@ -483,11 +483,41 @@ def cmd_show(args: argparse.Namespace) -> int:
         for r in st.get("running", []):
             if r["id"] == args.id:
                 data["progress"] = r
-    if args.json:
-        emit(data, args)
+    if args.json or not tty():
+        print(json.dumps(data, indent=2, ensure_ascii=False))  # what scripts read
     else:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(show_text(data))
     return EX_OK
+
+
+def show_text(data: dict[str, Any]) -> str:
+    """``cesarctl show`` for a person: the facts that matter, one per line."""
+    job = data.get("job") or {}
+    res = data.get("result") or {}
+    opts = res.get("options") or job.get("options") or {}
+    owner = (res.get("owner") or {}).get("name") or job.get("submitter") or "-"
+    rows = [("job", data["id"]), ("state", data["state"] + (
+        f" ({res['status']})" if res.get("status") else "")),
+        ("owner", owner), ("file", (res.get("source") or {}).get("name")
+                           or job.get("source_name") or "-"),
+        ("submitted", job.get("submitted_at") or "-")]
+    if opts:
+        rows.append(("options", ", ".join(f"{k}={v}" for k, v in opts.items()
+                                          if v not in (None, False, []))))
+    if "progress" in data:
+        p = data["progress"]
+        rows.append(("progress", f"{p.get('progress', 0) * 100:.0f}%"))
+    if res.get("finished_at"):
+        rows.append(("finished", res["finished_at"]))
+    if res.get("duration"):
+        rows.append(("audio", f"{res['duration']:.1f} s, language {res.get('language')}"))
+    if res.get("error"):
+        rows.append(("error", f"{res['error'].get('type')}: {res['error'].get('message')}"))
+    if res.get("text"):
+        text = res["text"]
+        rows.append(("text", text if len(text) <= 200 else text[:197] + "..."))
+    rows.append(("path", data["path"]))
+    return "\n".join(f"{k + ':':<11}{v}" for k, v in rows)
 
 
 # --- cancel / retry / prune / health ----------------------------------------------
@@ -582,8 +612,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 trash.unlink(missing_ok=True)
-    emit(removed, args, "\n".join(f"{r['id']}" for r in removed) if not tty() else
-         f"{'would remove' if args.dry_run else 'removed'} {len(removed)} job(s)")
+    ids = "\n".join(f"{r['id']}" for r in removed)
+    emit(removed, args, ids if not tty() else "\n".join(filter(None, [
+        ids, f"{'would remove' if args.dry_run else 'removed'} {len(removed)} job(s)"])))
     return EX_OK
 
 
@@ -612,20 +643,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def cmd_health(args: argparse.Namespace) -> int:
+def health(args: argparse.Namespace) -> tuple[int, str]:
+    """The monitoring-plugin verdict: its exit code and its one line."""
     try:
         spool, cfg = open_spool(args)
     except CtlError as e:
-        print(f"CESARD UNKNOWN - {e}")
-        return 3
+        return 3, f"CESARD UNKNOWN - {e}"
     st = read_status(spool)
     if st is None:
-        print(f"CESARD CRITICAL - no status in {spool.root}/state; is cesard running?")
-        return 2
+        return 2, f"CESARD CRITICAL - no status in {spool.root}/state; is cesard running?"
     if not daemon_alive(st):
-        print(f"CESARD CRITICAL - cesard is not running or stopped updating its status "
-              f"(last update {st.get('updated_at')})")
-        return 2
+        return 2, ("CESARD CRITICAL - cesard is not running or stopped updating its status "
+                   f"(last update {st.get('updated_at')})")
     q = st.get("queue", {})
     backlog = int(q.get("incoming", 0)) + int(q.get("deferred", 0))
     cap = int(st.get("queue_capacity") or cfg.queue_capacity)
@@ -636,13 +665,23 @@ def cmd_health(args: argparse.Namespace) -> int:
             f"failure_rate={rate:.3f}")
     msg = f"backlog {backlog}/{cap}, {done} done, {failed} failed since start"
     if backlog >= cap or st.get("disk_full"):
-        print(f"CESARD CRITICAL - {msg}{', spool full' if st.get('disk_full') else ''} {perf}")
-        return 2
+        full = ", spool full" if st.get("disk_full") else ""
+        return 2, f"CESARD CRITICAL - {msg}{full} {perf}"
     if backlog >= 0.8 * cap or (done + failed >= 10 and rate > 0.5):
-        print(f"CESARD WARNING - {msg} {perf}")
-        return 1
-    print(f"CESARD OK - {msg} {perf}")
-    return 0
+        return 1, f"CESARD WARNING - {msg} {perf}"
+    return 0, f"CESARD OK - {msg} {perf}"
+
+
+HEALTH = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    code, line = health(args)
+    if args.json:
+        print(json.dumps({"status": HEALTH[code], "code": code, "message": line}))
+    else:
+        print(line)
+    return code
 
 
 # --- argument parsing ------------------------------------------------------------
@@ -659,6 +698,7 @@ def parser() -> argparse.ArgumentParser:
                         help="print JSON")
     p = argparse.ArgumentParser(prog="cesarctl", description="Client for the cesard spool.",
                                 parents=[common])
+    p.add_argument("--version", action="version", version=f"cesarctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("submit", parents=[common], help="queue audio files; print job ids")
@@ -737,6 +777,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        # `cesarctl list --json | head`: the reader left. Point stdout at /dev/null so
+        # that the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 

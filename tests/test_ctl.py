@@ -77,3 +77,24 @@ def test_prune(daemon: Daemon) -> None:
     r = daemon.ctl("prune", "--older-than", "0s")
     assert r.stdout.strip() == job and not (daemon.spool / "done" / job).exists()
     assert daemon.ctl("prune", "--older-than", "soon").returncode == 64
+
+
+def test_scripts_and_people_get_what_they_asked_for(daemon: Daemon) -> None:
+    """--version; health --json; show is JSON in a pipe; list --json | head is quiet;
+    prune --dry-run lists what it would remove."""
+    r = daemon.ctl("--version")
+    assert r.returncode == 0 and r.stdout.startswith("cesarctl ")
+    r = daemon.ctl("health", "--json")
+    assert json.loads(r.stdout)["status"] == "OK" and r.returncode == 0
+    job = daemon.submit_bytes("a.wav", fake_script(text="shown"))
+    daemon.wait_result(job)
+    shown = json.loads(daemon.ctl("show", job).stdout)
+    assert shown["result"]["text"] == "shown" and shown["result"]["owner"]["uid"] == 0
+    for i in range(800):  # more than a pipe holds (64 KiB), so the writer meets the closed end
+        (daemon.spool / "failed" / f"x{i:04d}").mkdir()
+    conf = ["--config", str(daemon.config_path)] if daemon.config_path.exists() else []
+    p = subprocess.run(f"{BIN / 'cesarctl'} --spool {daemon.spool} {' '.join(conf)} list --json"
+                       " | head -c 10", shell=True, capture_output=True, text=True, timeout=60)
+    assert "BrokenPipe" not in p.stderr and "Exception" not in p.stderr, p.stderr
+    r = daemon.ctl("prune", "--older-than", "0s", "--dry-run")
+    assert job in r.stdout.split() and (daemon.spool / "done" / job).exists()
