@@ -376,7 +376,7 @@ def make_result(
         "submitted_at": meta.submitted_at,
         "submitter": meta.submitter,
         "owner": owner_dict(meta.owner),
-        "started_at": started_at,
+        "started_at": started_at or None,
         "finished_at": finished_at,
         "attempts": attempts,
         "worker": worker,

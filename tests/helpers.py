@@ -32,6 +32,17 @@ def wait_until(pred: Callable[[], T], timeout: float = 20.0, what: str = "condit
         time.sleep(interval)
 
 
+SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "result.schema.json").read_text())
+
+
+def checked(result: dict[str, Any]) -> dict[str, Any]:
+    """A result.json, validated against docs/result.schema.json (every test reads it so)."""
+    import jsonschema
+
+    jsonschema.validate(result, SCHEMA)
+    return result
+
+
 def fake_script(**keys: Any) -> bytes:
     """An input file that drives the fake engine."""
     lines = ["#cesard-fake"] + [f"{k}: {str(v).lower() if isinstance(v, bool) else v}"
@@ -153,7 +164,7 @@ class Daemon:
         for state in ("done", "failed"):
             p = self.spool / state / job_id / "result.json"
             if p.exists():
-                return json.loads(p.read_text())
+                return checked(json.loads(p.read_text()))
         return None
 
     def wait_result(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -165,7 +176,7 @@ class Daemon:
             for name in os.listdir(self.spool / state):
                 p = self.spool / state / name / "result.json"
                 if p.exists():
-                    out.append(json.loads(p.read_text()))
+                    out.append(checked(json.loads(p.read_text())))
         return out
 
     def close(self) -> None:

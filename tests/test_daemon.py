@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers import Daemon, fake_script, wait_until
+from helpers import Daemon, checked, fake_script, wait_until
 
 
 def test_submit_wait_prints_transcript_and_writes_result(daemon: Daemon) -> None:
@@ -22,7 +22,7 @@ def test_submit_wait_prints_transcript_and_writes_result(daemon: Daemon) -> None
     (job_dir,) = (daemon.spool / "done").iterdir()
     assert sorted(os.listdir(job_dir)) == ["job.json", "meeting.wav", "result.json",
                                            "transcript.srt", "transcript.txt"]
-    res = json.loads((job_dir / "result.json").read_text())
+    res = checked(json.loads((job_dir / "result.json").read_text()))
     assert res["schema"] == 1 and res["status"] == "done" and res["error"] is None
     assert res["id"] == job_dir.name
     assert res["source"]["name"] == "meeting.wav"

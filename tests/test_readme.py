@@ -31,3 +31,21 @@ def test_ruff_and_mypy_strict_are_clean() -> None:
     r = subprocess.run([str(bin_dir / "mypy"), "--strict", "cesard"], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_result_schema_rejects_what_it_should() -> None:
+    """docs/result.schema.json, which every test's result goes through, can fail."""
+    import jsonschema
+    import pytest
+    from helpers import checked
+
+    from cesard import job as jobmod
+    meta = jobmod.JobMeta(id="x1", options={}, submitted_at=jobmod.iso(1.7e9), owner=0)
+    good = jobmod.make_result(meta, "failed", None, {"name": "a.wav", "type": "FIFO",
+                              "bytes": None, "sha256": None}, None, jobmod.iso(1.7e9 + 1),
+                              "h:1", 0, error=jobmod.UnsupportedFile("a.wav is a FIFO"))
+    checked(good)
+    for bad in ({**good, "source": None}, {**good, "error": None},
+                {**good, "owner": {"uid": "alice"}}, {**good, "surprise": 1}):
+        with pytest.raises(jsonschema.ValidationError):
+            checked(bad)

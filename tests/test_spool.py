@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from helpers import checked
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -174,7 +175,7 @@ def test_recover_counts_an_attempt_and_keeps_the_place(tmp_path: Path) -> None:
         (name,) = s.orphans(me, time.time() + 61, 60)
         state, _ = s.recover(name, 3, time.time(), "gone")
     assert state == "failed"
-    res = json.loads((s.dir("failed") / job_id / "result.json").read_text())
+    res = checked(json.loads((s.dir("failed") / job_id / "result.json").read_text()))
     assert res["attempts"] == 3 and len(res["errors"]) == 3
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from helpers import Daemon, fake_script, wait_until
+from helpers import Daemon, checked, fake_script, wait_until
 
 from cesard.spool import Spool
 
@@ -66,7 +66,7 @@ def count_in(spool: Path, state: str) -> int:
 
 
 def read_result(spool: Path, state: str, name: str) -> dict[str, Any]:
-    return json.loads((spool / state / name / "result.json").read_text())
+    return checked(json.loads((spool / state / name / "result.json").read_text()))
 
 
 LOG_RE = re.compile(r"^(\S+Z) cesard\[(\d+)\] \w+: job=(\S+) (.*)$")
