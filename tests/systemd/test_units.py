@@ -237,50 +237,6 @@ def test_tmpfiles(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
-def _uncommented_config() -> dict:
-    """packaging/cesard.yaml with its '#key:' lines (not '# prose') uncommented."""
-    yaml = pytest.importorskip("yaml")
-    text = (REPO / "packaging" / "cesard.yaml").read_text()
-    assert yaml.safe_load(text) is None, "every key must be commented out"
-    body = "\n".join(
-        line[1:] for line in text.splitlines()
-        if re.match(r"#[a-z]|#  [a-z]", line) and not line.startswith("#  large")
-    )
-    return yaml.safe_load(body)
-
-
-def test_default_config_all_commented() -> None:
-    conf = _uncommented_config()
-    assert {
-        "spool", "engine", "workers", "models", "defaults", "watch",
-        "poll_interval", "settle_seconds", "shutdown_grace", "max_attempts",
-        "retry_delays", "job_timeout", "keep_audio", "lease_seconds",
-        "queue_capacity", "metrics_textfile", "max_file_bytes",
-        "max_audio_seconds", "max_jobs_per_worker", "worker_memory_limit",
-    } <= set(conf)
-    assert set(conf["defaults"]) == {
-        "model", "language", "task", "beam_size", "vad_filter",
-        "word_timestamps", "initial_prompt", "priority", "formats",
-    }
-    assert conf["spool"] == SPOOL
-    assert conf["shutdown_grace"] < int(
-        parse_unit(UNITS / "cesard.service")["Service"]["TimeoutStopSec"][-1]
-    )
-
-
-def test_default_config_matches_daemon() -> None:
-    """Every key the daemon knows is documented, with the daemon's default."""
-    try:
-        from cesard import config
-    except ImportError as e:
-        pytest.skip(f"cesard not importable: {e}")
-    conf = _uncommented_config()
-    assert set(conf) == set(config.KEYS)
-    parsed = config.parse(conf, "packaging/cesard.yaml")
-    builtin = config.parse({}, "built-in defaults")
-    assert parsed.to_dict() == builtin.to_dict()
-
-
 GPU_DROPIN = UNITS / "cesard.service.d" / "gpu.conf"
 
 
