@@ -208,8 +208,8 @@ class WhisperEngine:
             samples = decode_audio(audio, sampling_rate=16000)
         except Exception as e:  # noqa: BLE001 - PyAV raises many error types
             raise jobmod.UndecodableAudio(
-                f"{shown} could not be decoded as audio ({type(e).__name__}: {e}); check that "
-                "it is a complete audio or video file (ffmpeg can read it), then submit it "
+                f"{shown} could not be decoded as audio ({decode_reason(e)}); check that it "
+                "is a complete audio or video file (ffmpeg can read it), then submit it "
                 "again") from e
         duration = len(samples) / 16000.0
         if duration == 0:
@@ -322,6 +322,16 @@ def repeats(text: str) -> int:
                 count, i = count + 1, i + n
             best = max(best, count)
     return best
+
+
+def decode_reason(e: Exception) -> str:
+    """What PyAV's error means, without its internals ("[Errno 1094995529] ... '3'")."""
+    text = str(getattr(e, "strerror", None) or e).strip()
+    if "Invalid data" in text:
+        return "not a format ffmpeg recognises, or damaged"
+    if "End of file" in text or isinstance(e, EOFError):
+        return "the file ends too early"
+    return text.split(":", 1)[0][:120] or type(e).__name__
 
 
 def english_only(name: str, path: str | None) -> bool:

@@ -90,6 +90,7 @@ class Supervisor:
         self.held: Running | None = None  # an exclusive job waiting for the others
         self.watcher: Watcher | None = None
         self.stopping = False
+        self.stop_reason = "shutdown grace expired"
         self.stop_deadline = 0.0
         self.exit_code: int | None = None
         self.ready_sent = False
@@ -140,9 +141,11 @@ class Supervisor:
                 log.info("received %s again: requeueing running jobs now",
                          signal.Signals(s).name)
                 self.stop_deadline = now
+                self.stop_reason = f"{signal.Signals(s).name} received twice"
 
     def begin_stop(self, now: float) -> None:
         self.stopping = True
+        self.stop_reason = "shutdown grace expired"
         self.stop_deadline = now + self.cfg.shutdown_grace
         self.notify.stopping()
         if self.held is not None:
@@ -630,7 +633,7 @@ class Supervisor:
         t = transcript or {}
         self.metrics.job_finished(status, t.get("duration"), t.get("transcribe_s"), now)
         self.status_urgent = True
-        shown = jobmod.display_name(job.audio) if job.audio else "-"
+        shown = jobmod.display_name(job.audio) if job.audio else str(source.get("name") or "-")
         if status == "done":
             rtf = result["timings"]["realtime_factor"]
             log.info("job=%s done: file=%s duration=%.1fs realtime=%sx attempts=%d status=done",
@@ -863,7 +866,7 @@ class Supervisor:
                 assert job is not None
                 w.job = None
                 self._kill_worker(w)
-                self._requeue(job, "shutdown grace expired")
+                self._requeue(job, self.stop_reason)
         if not self._busy():
             for w in list(self.workers):
                 self._close_worker(w)

@@ -106,7 +106,7 @@ class Worker:
             with audio:
                 transcript = self.engine.transcribe(audio, msg["name"], options, progress)
         except jobmod.JobError as e:
-            log.warning("job=%s failed: %s: %s", job_id, e.type, e)
+            # The supervisor logs each failure once, with the file (no second line here).
             self.send({"op": "error", "id": job_id, "error": e.to_dict(), "source": source,
                        "models": self.engine.loaded_models()})
             if e.type == "CudaOutOfMemory":

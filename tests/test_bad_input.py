@@ -7,7 +7,7 @@ import os
 import random
 from pathlib import Path
 
-from helpers import FIXTURES, Daemon, wait_until
+from helpers import FIXTURES, Daemon, checked, wait_until
 
 
 def job_json(**over: object) -> bytes:
@@ -58,7 +58,7 @@ def test_hostile_entries_fail_clearly_and_daemon_keeps_running(
         for name in os.listdir(d.spool / "failed"):
             p = d.spool / "failed" / name / "result.json"
             if p.exists():
-                res = json.loads(p.read_text())
+                res = checked(json.loads(p.read_text()))
                 if name not in expected:  # bare files get an id: find them by file name
                     meta = json.loads((d.spool / "failed" / name / "job.json").read_text())
                     name = (res["source"] or {}).get("name") or meta["source_name"]
@@ -73,6 +73,12 @@ def test_hostile_entries_fail_clearly_and_daemon_keeps_running(
         assert got[name]["status"] == "failed"
         assert err["type"] == etype, (name, err)
         assert needle in err["message"], (name, err["message"])
+        assert "Errno" not in err["message"], (name, err["message"])  # no decoder internals
+        assert got[name]["source"]["name"], got[name]["source"]  # source is never null
+    # Each failure is logged once, by the supervisor, naming the file (never "file=-").
+    for res in got.values():
+        lines = [ln for ln in d.log().splitlines() if f"job={res['id']} failed" in ln]
+        assert len(lines) == 1 and "file=-" not in lines[0], lines
     # Nothing outside the spool was touched; the daemon still transcribes.
     assert outside.stat().st_mtime_ns == before.st_mtime_ns
     assert outside.read_bytes() == (FIXTURES / "hello.wav").read_bytes()
