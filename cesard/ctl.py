@@ -429,6 +429,7 @@ def describe(spool: Spool, state: str, name: str) -> dict[str, Any]:
             res = load_json(path / "result.json") or {}
             d["status"] = res.get("status")
             d["finished_at"] = res.get("finished_at")
+            d["duration"] = res.get("duration")
             if res.get("error"):
                 d["error"] = res["error"]
     else:
@@ -462,12 +463,57 @@ def cmd_list(args: argparse.Namespace) -> int:
     if hidden and tty():
         print(f"cesarctl: {', '.join(hidden)}/ cannot be listed by {whoami()} (privacy: "
               "owner); 'cesarctl show ID' finds a queued job of yours", file=sys.stderr)
+    if tty() and not args.json:
+        running = {r["id"]: r for r in (read_status(spool) or {}).get("running", [])}
+        print(table(rows, running) if rows else "no jobs")
+        return EX_OK
     text = "\n".join(
         f"{r['id'] or '-'}\t{r['state']}\t{r.get('status') or ''}\t{r.get('file') or ''}"
         f"\t{r.get('owner') or ''}"
         for r in rows)
     emit(rows, args, text)
     return EX_OK
+
+
+COLOURS = {"done": "32", "failed": "31", "cancelled": "33", "processing": "36",
+           "deferred": "35"}
+
+
+def colour(text: str, state: str) -> str:
+    """ANSI colour on a terminal, never with NO_COLOR (https://no-color.org convention)."""
+    code = COLOURS.get(state)
+    if not code or os.environ.get("NO_COLOR") or not tty():
+        return text
+    return f"\033[{code}m{text}\033[0m"
+
+
+def ago(iso: str | None, now: float) -> str:
+    if not iso:
+        return "-"
+    try:
+        return fmt_age(max(0.0, now - jobmod.parse_iso(iso).timestamp())) + " ago"
+    except ValueError:
+        return "-"
+
+
+def table(rows: list[dict[str, Any]], running: dict[str, dict[str, Any]]) -> str:
+    """``cesarctl list`` for people: id, state, owner, name, audio, age, progress
+    (tabulate: a maintained table formatter)."""
+    from tabulate import tabulate
+
+    now = time.time()
+    out = []
+    for r in rows:
+        state = r.get("status") or r["state"]
+        prog = running.get(r["id"] or "", {}).get("progress")
+        out.append([r["id"] or "-", colour(state, state), r.get("owner") or "-",
+                    r.get("file") or "-",
+                    f"{r['duration']:.0f} s" if r.get("duration") else "-",
+                    ago(r.get("finished_at") or r.get("submitted_at"), now),
+                    f"{prog * 100:.0f}%" if prog is not None else
+                    ("100%" if state == "done" else "")])
+    return str(tabulate(out, headers=["ID", "STATE", "OWNER", "NAME", "AUDIO", "AGE",
+                                      "PROGRESS"], tablefmt="plain"))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -490,6 +536,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def local_time(iso: str | None) -> str:
+    """An ISO 8601 UTC time in the user's zone (terminals only; scripts get UTC)."""
+    if not iso:
+        return "-"
+    try:
+        return jobmod.parse_iso(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    except ValueError:
+        return iso
+
+
 def show_text(data: dict[str, Any]) -> str:
     """``cesarctl show`` for a person: the facts that matter, one per line."""
     job = data.get("job") or {}
@@ -500,7 +556,7 @@ def show_text(data: dict[str, Any]) -> str:
         f" ({res['status']})" if res.get("status") else "")),
         ("owner", owner), ("file", (res.get("source") or {}).get("name")
                            or job.get("source_name") or "-"),
-        ("submitted", job.get("submitted_at") or "-")]
+        ("submitted", local_time(job.get("submitted_at")))]
     if opts:
         rows.append(("options", ", ".join(f"{k}={v}" for k, v in opts.items()
                                           if v not in (None, False, []))))
@@ -508,7 +564,7 @@ def show_text(data: dict[str, Any]) -> str:
         p = data["progress"]
         rows.append(("progress", f"{p.get('progress', 0) * 100:.0f}%"))
     if res.get("finished_at"):
-        rows.append(("finished", res["finished_at"]))
+        rows.append(("finished", local_time(res["finished_at"])))
     if res.get("duration"):
         rows.append(("audio", f"{res['duration']:.1f} s, language {res.get('language')}"))
     if res.get("error"):

@@ -208,11 +208,12 @@ def test_drain_exits_1_if_a_job_failed_after_finishing_the_rest(
 
 # --- cesarctl status -----------------------------------------------------------------
 
-def on_terminal(d: Daemon, *args: str) -> tuple[int, str]:
+def on_terminal(d: Daemon, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run cesarctl with stdout on a pseudo-terminal (as a person sees it)."""
     master, slave = pty.openpty()
     p = subprocess.Popen([str(BIN / "cesarctl"), "--spool", str(d.spool), *args],
-                         stdout=slave, stderr=subprocess.PIPE, env={**d.env, "COLUMNS": "200"})
+                         stdout=slave, stderr=subprocess.PIPE,
+                         env={**d.env, "COLUMNS": "200", **(env or {})})
     os.close(slave)
     out = b""
     while True:
@@ -358,3 +359,25 @@ def test_health_critical_before_the_daemon_ever_ran(tmp_path: Path) -> None:
     r = subprocess.run([str(BIN / "cesarctl"), "--spool", str(spool), "health"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and r.stdout.startswith("CESARD CRITICAL - no status"), r
+
+
+def test_list_and_show_on_a_terminal_are_for_people(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon().start()
+    ok = d.submit_bytes("meeting.wav", fake_script(text="fine", duration=65))
+    bad = d.submit_bytes("broken.wav", fake_script(fail="EngineError"))
+    d.wait_result(ok)
+    d.wait_result(bad)
+    env = {k: v for k, v in d.env.items() if k != "NO_COLOR"}
+    code, out = on_terminal(d, "list", env=env)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "STATE", "OWNER", "NAME", "AUDIO", "AGE", "PROGRESS"]
+    row = next(ln for ln in lines if ok in ln)
+    assert "meeting.wav" in row and "root" in row and "65 s" in row and "ago" in row
+    assert "\033[32mdone\033[0m" in row and "\033[31mfailed" in out  # colour on a terminal
+    code, out = on_terminal(d, "list", env={**env, "NO_COLOR": "1"})
+    assert "\033[" not in out and "done" in out
+    piped = d.ctl("list").stdout  # scripts: the tab-separated lines, unchanged
+    assert f"{ok}\tdone\tdone\tmeeting.wav\troot" in piped.splitlines()
+    code, out = on_terminal(d, "show", ok)
+    assert "owner:     root" in out and "text:      fine" in out and not out.startswith("{")
