@@ -237,14 +237,17 @@ def wait_for(spool: Spool, ids: list[str], timeout: float | None) -> dict[str, t
     """Poll until every job is in done/ or failed/; CtlError(75) past the timeout."""
     deadline = time.monotonic() + timeout if timeout else None
     # Warn once if nothing moves for a while and no daemon is there (it may be starting).
-    warn_at: float | None = time.monotonic() + 5.0
+    warn_at: float | None = time.monotonic() + (
+        5.0 if daemon_alive(read_status(spool)) else 0.0)
     results: dict[str, tuple[str, Path]] = {}
     bar = None
     if tty():
         try:
             from tqdm import tqdm
             bar = tqdm(total=100 * len(ids), unit="%", file=sys.stderr, leave=False,
-                       bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
+                       # percent of all jobs, and elapsed time only: an ETA from the
+                       # bar's own rate climbs while a job waits in the queue
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}]")
         except ImportError:
             bar = None
     try:
@@ -359,7 +362,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     alive = daemon_alive(st)
     counts = {s: count(spool, s, st) for s in STATES}
     data: dict[str, Any] = {"spool": str(spool.root),
-                            "daemon": "running" if alive else "not running",
+                            # "starting", "running" or "stopping" (after SIGTERM), as it says
+                            "daemon": str((st or {}).get("state") or "running") if alive
+                            else "not running",
                             "queue": counts, "status": st}
     if alive and st:
         try:
@@ -378,7 +383,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines = [f"spool:   {spool.root}"]
     if alive and st:
         started = jobmod.parse_iso(st["started_at"]).timestamp()
-        lines.append(f"daemon:  running, pid {st['pid']} on {st['host']}, up "
+        lines.append(f"daemon:  {data['daemon']}, pid {st['pid']} on {st['host']}, up "
                      f"{fmt_age(time.time() - started)}, engine {st['engine']} "
                      f"({st['model']}), {len(st['workers'])} worker(s)")
     else:

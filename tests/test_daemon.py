@@ -138,9 +138,14 @@ def test_second_sigterm_requeues_at_once(make_daemon: Callable[..., Daemon]) -> 
     wait_until(lambda: (d.status() or {}).get("running"), 10, "the job to run")
     d.signal(signal.SIGTERM)
     wait_until(lambda: "no new claims" in d.log(), 10, "the first SIGTERM to be seen")
+    # Between the two signals cesarctl says "stopping", not "running".
+    wait_until(lambda: d.ctl("status").stdout.startswith("daemon stopping"), 10,
+               "status to say stopping")
     d.signal(signal.SIGINT)
     assert d.wait_exit(15) == 0
     assert d.entries("incoming") == [job]
+    # The requeue names the second signal, not an expired grace.
+    assert "SIGINT received twice" in d.log() and "grace expired" not in d.log()
 
 
 def test_kill9_during_job_restart_recovers(make_daemon: Callable[..., Daemon]) -> None:
