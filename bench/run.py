@@ -898,7 +898,7 @@ def lpt(items: list[tuple[str, float]], k: int) -> list[list[str]]:
 
 
 def bare_loop(spool: Path) -> float:
-    """What DESIGN.md I1 costs at least per job dir, with plain os calls and nothing else.
+    """What guarantee 1 of docs/spool.md costs at least per job dir, with plain os calls and nothing else.
 
     Per job, exactly the renames and fsyncs cesard's spool does: claim
     (rename incoming->processing, lease by temp+rename, fsync processing/),
@@ -991,7 +991,7 @@ METHODS = """
   an identical pre-filled spool and does, per job and in one process, only the renames,
   small writes and fsyncs that cesard's spool does for a job directory (see
   `bare_loop` in bench/run.py). The ratio shows what the daemon costs beyond the
-  durability that DESIGN.md I1 requires.
+  durability that docs/spool.md (guarantee 1) requires.
 - **backlog**: N job directories are queued with no daemon running. *In-process*:
   `Supervisor.rescan` builds the QueueIndex (timed as "index build"), then 300 claims of
   `QueueIndex.pop` + `Supervisor._claim` (rename, lease, fsync, read job.json, find audio)

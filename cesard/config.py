@@ -1,6 +1,6 @@
 """Configuration: YAML read with ``yaml.safe_load``, validated, unknown keys rejected.
 
-Lookup (DESIGN.md §5): ``--config``, then ``$CESAR_CONFIG``, then
+Lookup (README, Configuration): ``--config``, then ``$CESAR_CONFIG``, then
 ``/etc/cesar/cesard.yaml`` if it exists, else built-in defaults. The spool:
 ``--spool``, then ``$CESAR_SPOOL``, then the config's ``spool``, else
 ``/var/spool/cesar``.

@@ -357,7 +357,7 @@ def make_result(
     transcript: dict[str, Any] | None = None,
     error: JobError | None = None,
 ) -> dict[str, Any]:
-    """Build ``result.json`` (DESIGN.md §2) for a finished, failed or cancelled job."""
+    """Build ``result.json`` (docs/result.schema.json) for a finished, failed or cancelled job."""
     t = transcript or {}
     queued_s = None
     if started_at:

@@ -4,7 +4,7 @@ It never imports faster-whisper. Signal handlers only set flags and wake the
 loop through a pipe; :meth:`Supervisor.run_once` does the work and can be
 stepped with an explicit ``now``.
 
-Shutdown (DESIGN.md I5): the first SIGTERM/SIGINT stops claiming; running
+Shutdown (docs/spool.md, guarantee 5): the first SIGTERM/SIGINT stops claiming; running
 jobs get ``shutdown_grace`` seconds, then their workers are killed and the
 jobs go back to ``incoming/`` without an attempt counted; exit status 0. A
 second SIGTERM/SIGINT requeues at once. SIGHUP re-reads the configuration.

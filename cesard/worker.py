@@ -13,7 +13,7 @@ and reads from the file descriptor given by ``--reply-fd``::
     {"op": "error", "id": ID, "error": {...}, "source": {...} | null}
 
 EOF on stdin asks the worker to exit. The worker ignores SIGINT and SIGTERM
-(the supervisor decides when it stops, DESIGN.md I5) and dies with its parent.
+(the supervisor decides when it stops, docs/spool.md) and dies with its parent.
 stdout is redirected to stderr so that library prints cannot corrupt replies.
 """
 

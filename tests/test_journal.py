@@ -1,4 +1,4 @@
-"""Logging for journald and for plain files (DESIGN.md §7, README "cesard").
+"""Logging for journald and for plain files (README "cesard").
 
 systemd sets JOURNAL_STREAM to the device and inode of the stream it gave the
 service as stderr; cesard then writes `<N>` syslog priorities and no

@@ -1,4 +1,4 @@
-"""sd_notify, seen from a fake service manager (DESIGN.md §7).
+"""sd_notify, seen from a fake service manager (contrib/systemd/cesard.service: Type=notify).
 
 The fixture binds an AF_UNIX datagram socket with SO_PASSCRED, starts the
 real cesard with NOTIFY_SOCKET pointing at it (and WATCHDOG_USEC), and records

@@ -15,7 +15,7 @@ UNITS = Path(__file__).resolve().parents[2] / "contrib" / "systemd"
 VENV = nspawn.VENV
 
 STANDIN = f"""#!{VENV}/bin/python3
-# Stand-in for cesard: the notify protocol of DESIGN.md section 7.
+# Stand-in for cesard: the notify protocol cesard speaks (sd_notify).
 import os, signal, sys, time
 import numpy, sdnotify
 

@@ -136,7 +136,7 @@ def test_security_exposure(tmp_path: Path, unit: str) -> None:
 
 
 def test_service_contract() -> None:
-    """The settings DESIGN.md §7 and the daemon rely on."""
+    """The unit settings the daemon relies on."""
     for name in ("cesard.service", "cesard@.service"):
         s = parse_unit(UNITS / name)["Service"]
         one = {k: v[-1] for k, v in s.items()}
