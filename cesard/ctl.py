@@ -485,7 +485,7 @@ COLOURS = {"done": "32", "failed": "31", "cancelled": "33", "processing": "36",
 
 
 def colour(text: str, state: str) -> str:
-    """ANSI colour on a terminal, never with NO_COLOR (https://no-color.org convention)."""
+    """ANSI colour on a terminal, never when NO_COLOR is set."""
     code = COLOURS.get(state)
     if not code or os.environ.get("NO_COLOR") or not tty():
         return text

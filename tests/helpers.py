@@ -39,7 +39,7 @@ def checked(result: dict[str, Any]) -> dict[str, Any]:
     """A result.json, validated against docs/result.schema.json (every test reads it so)."""
     import jsonschema
 
-    jsonschema.validate(result, SCHEMA)
+    jsonschema.Draft202012Validator(SCHEMA).validate(result)
     return result
 
 
