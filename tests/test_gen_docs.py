@@ -63,3 +63,14 @@ def test_bash_completes_subcommands_options_and_values(generated: Path) -> None:
     assert "_cesarctl_models" in script.read_text()
     zsh = (generated / "completion" / "_cesarctl").read_text()
     assert zsh.startswith("#compdef cesarctl") and "submit" in zsh
+
+
+def test_the_configuration_reference_in_docs_is_generated_and_current() -> None:
+    sys.path.insert(0, str(REPO / "packaging"))
+    import gen_docs
+
+    from cesard import config
+    assert (REPO / "docs" / "configuration.md").read_text() == gen_docs.config_markdown(), \
+        "docs/configuration.md is stale: run python packaging/gen_docs.py --docs"
+    keys = [k for k, _, _ in gen_docs.config_entries()]
+    assert sorted(keys) == sorted(config.KEYS)
