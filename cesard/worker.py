@@ -166,12 +166,15 @@ def main(argv: list[str] | None = None) -> int:
                          a.max_audio_seconds, a.batch_size, a.batch_min_seconds, a.device,
                          a.max_loaded_models)
     worker = Worker(engine, a.reply_fd)
+    loading = time.monotonic()
     try:
         for model in a.preload:
             engine.load(model, pin=True)
     except jobmod.JobError as e:
         worker.send({"op": "fatal", "error": e.to_dict()})
         return 3
+    log.info("loaded %s on %s in %.1f s", ", ".join(engine.loaded_models()), a.device,
+             time.monotonic() - loading)
     worker.send({"op": "ready", "pid": os.getpid(), "models": engine.loaded_models()})
     worker.serve(commands)
     return 0
