@@ -764,22 +764,29 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("submit", parents=[common], help="queue audio files; print job ids")
     s.add_argument("files", nargs="+", metavar="FILE")
-    s.add_argument("--model")
+    s.add_argument("--model", help="a model the daemon has ('cesarctl models'); default: "
+                   "the configuration's")
     s.add_argument("--language", help="language code (de, fr, ...), or auto to detect "
                    "(multilingual models)")
     s.add_argument("--task", choices=jobmod.TASKS,
                    help="translate: into English (multilingual models)")
-    s.add_argument("--priority", choices=jobmod.PRIORITIES)
+    s.add_argument("--priority", choices=jobmod.PRIORITIES,
+                   help="claim order: high before normal before low (default normal)")
     s.add_argument("--format", action="append",
                    help="also write srt/vtt; with --wait, the format printed (txt, srt, vtt, "
                    "json)")
-    s.add_argument("--word-timestamps", action="store_true")
-    s.add_argument("--beam-size", type=int, dest="beam_size")
-    s.add_argument("--initial-prompt", dest="initial_prompt")
+    s.add_argument("--word-timestamps", action="store_true",
+                   help="a start and end time for every word in result.json")
+    s.add_argument("--beam-size", type=int, dest="beam_size", metavar="N",
+                   help="beam search width, 1 to 20 (default 5)")
+    s.add_argument("--initial-prompt", dest="initial_prompt", metavar="TEXT",
+                   help="text that primes the vocabulary (names, jargon)")
     s.add_argument("--no-vad", action="store_true", help="do not filter silence")
     s.add_argument("--exclusive", action="store_true", help="run with no other job beside it")
     s.add_argument("--wait", action="store_true", help="wait and print the transcript")
-    s.add_argument("--timeout", type=parse_duration, help="with --wait: give up after this")
+    s.add_argument("--timeout", type=parse_duration, metavar="DURATION",
+                   help="with --wait: give up after this long (30s, 10m, 2h; a bare number "
+                   "is seconds); the job stays queued")
     s.set_defaults(func=cmd_submit)
 
     s = sub.add_parser("status", parents=[common], help="daemon and queue status")
@@ -796,15 +803,18 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_result)
     s = sub.add_parser("wait", parents=[common], help="wait until jobs finish")
     s.add_argument("ids", nargs="+", metavar="ID")
-    s.add_argument("--timeout", type=parse_duration)
+    s.add_argument("--timeout", type=parse_duration, metavar="DURATION",
+                   help="give up after this long (30s, 10m, 2h; default: wait for ever)")
     s.set_defaults(func=cmd_wait)
     s = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
     s.add_argument("id")
-    s.add_argument("--timeout", type=parse_duration, default=10.0)
+    s.add_argument("--timeout", type=parse_duration, default=10.0, metavar="DURATION",
+                   help="how long to wait for the daemon's answer (default 10s)")
     s.set_defaults(func=cmd_cancel)
     s = sub.add_parser("retry", parents=[common], help="queue a failed job again")
     s.add_argument("id")
-    s.add_argument("--timeout", type=parse_duration, default=10.0)
+    s.add_argument("--timeout", type=parse_duration, default=10.0, metavar="DURATION",
+                   help="how long to wait for the daemon's answer (default 10s)")
     s.set_defaults(func=cmd_retry)
     s = sub.add_parser("prune", parents=[common], help="remove old finished jobs")
     s.add_argument("--older-than", type=parse_duration, required=True, metavar="DURATION")

@@ -32,7 +32,7 @@ from cesard.index import Pending, QueueIndex
 from cesard.job import JobMeta, JobOptions
 from cesard.metrics import Metrics, write_textfile
 from cesard.pool import WorkerProc
-from cesard.spool import Claimed, Claimer, Entry, Spool, Unclaimable, write_atomic
+from cesard.spool import Claimed, Claimer, Entry, Spool, Unclaimable, read_small, write_atomic
 from cesard.systemd import Notifier
 from cesard.watch import Watcher
 
@@ -161,6 +161,7 @@ class Supervisor:
         """Create/check the spool, recover, start workers and wait until they are ready."""
         self.spool.create()
         self.spool.check()
+        self._warn_if_shared_with_a_local_daemon()
         # Workers load their models while the spool is recovered and indexed; none gets
         # a job before run_once, so recovery still happens before any claim.
         for _ in range(pool.worker_count(self.cfg, self.placement)):
@@ -179,6 +180,23 @@ class Supervisor:
         log.info("started: spool %s, engine %s, %d worker(s), %d job(s) queued, watch %s",
                  self.spool.root, self.cfg.engine, len(self.workers), len(self.index),
                  "poll" if self.watcher.polling else "inotify")
+
+    def _warn_if_shared_with_a_local_daemon(self) -> None:
+        """Say so when another cesard on this host already serves the spool: both claim
+        (each job still runs once), and until status is per daemon (issue 14) each
+        overwrites the other's status.json."""
+        try:
+            st = json.loads(read_small(self.spool.dir("state") / "status.json", 1 << 20))
+            pid = int(st["pid"])
+            other = (st.get("host") == self.me.host and pid != os.getpid()
+                     and st.get("state") != "stopped"
+                     and b"cesard" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        except (OSError, ValueError, KeyError, TypeError, jobmod.JobError):
+            return
+        if other:
+            log.warning("another cesard (pid %d) already serves spool %s on this host; both "
+                        "claim jobs (each still runs once), but status.json shows one of them",
+                        pid, self.spool.root)
 
     def recover(self, now: float, startup: bool = False) -> None:
         """Return orphaned claims to incoming/ (I4). Only this method recovers."""

@@ -57,6 +57,8 @@ def test_three_daemons_share_a_spool(make_daemon: Callable[..., Daemon], tmp_pat
     for d in daemons:
         assert d.stop() == 0
     logs = [d.log() for d in daemons]
+    # A second daemon on the same host says so at start (not silently).
+    assert ("another cesard (pid" in logs[1]) == (hosts != "three-hosts"), logs[1]
     results = assert_clean_end(daemons[0], tokens, max_runs=1)
     for text in logs:
         assert "Traceback" not in text and "recovered" not in text, text
