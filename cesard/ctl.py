@@ -22,7 +22,7 @@ from typing import Any
 from cesard import __version__, control, models, outputs
 from cesard import config as configmod
 from cesard import job as jobmod
-from cesard.spool import STATES, Spool, SpoolError, is_ignored_name, read_small
+from cesard.spool import SEGMENTS, STATES, Spool, SpoolError, is_ignored_name, read_small
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE = 0, 64, 65, 66, 69
 EX_SOFTWARE, EX_CANTCREAT, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 70, 73, 75, 77, 78
@@ -581,6 +581,109 @@ def show_text(data: dict[str, Any]) -> str:
     return "\n".join(f"{k + ':':<11}{v}" for k, v in rows)
 
 
+# --- follow ----------------------------------------------------------------------
+
+def fmt_ts(t: float) -> str:
+    return f"{int(t // 60):02d}:{t % 60:04.1f}"
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    """Print a job's segments as the worker decodes them, then its final state.
+
+    The worker appends them to ``segments.jsonl`` in the job's directory; this reads
+    that file from where it left off whenever inotify says the directory changed (and
+    twice a second regardless, as the directory moves between states).
+    """
+    from inotify_simple import INotify
+    from inotify_simple import flags as F
+
+    spool, _ = open_spool(args)
+    locate(spool, args.id)  # 66 unknown, 77 another user's
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    offset = printed = 0
+    watched: Path | None = None
+    ino = INotify()
+    wd = -1
+    warned = False
+    try:
+        while True:
+            found = spool.locate(args.id)
+            if found is None:
+                raise CtlError(f"job {args.id} left the spool (pruned?)", EX_NOINPUT)
+            state, path = found
+            if path != watched:
+                if wd >= 0:
+                    try:
+                        ino.rm_watch(wd)
+                    except OSError:
+                        pass
+                try:
+                    wd = ino.add_watch(path, F.MODIFY | F.CREATE | F.MOVED_TO | F.MOVE_SELF)
+                except OSError:
+                    wd = -1
+                watched = path
+            offset, printed = _follow_read(path / SEGMENTS, offset, printed, args.json)
+            if state in ("done", "failed") and (path / "result.json").exists():
+                return _follow_end(args, load_json(path / "result.json") or {}, printed)
+            if not warned and state == "incoming" and not daemon_alive(read_status(spool)):
+                warn_if_down(spool)
+                warned = True
+            if deadline is not None and time.monotonic() > deadline:
+                raise CtlError(f"timed out following {args.id} (it is in {state}/)",
+                               EX_TEMPFAIL)
+            ino.read(timeout=500)
+    finally:
+        ino.close()
+
+
+def _follow_read(path: Path, offset: int, printed: int, as_json: bool) -> tuple[int, int]:
+    """Print the complete new lines of ``segments.jsonl``; the new offset and count."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return offset, printed
+    with os.fdopen(fd, "rb") as f:
+        if os.fstat(f.fileno()).st_size < offset:  # a new attempt started the file again
+            print("cesarctl: job restarted (attempt after a failure or a restart)",
+                  file=sys.stderr)
+            offset = 0
+        f.seek(offset)
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    for line in data[:end].splitlines():
+        try:
+            seg = json.loads(line)
+        except ValueError:
+            continue
+        if as_json:
+            print(json.dumps(seg, ensure_ascii=False), flush=True)
+        else:
+            print(f"[{fmt_ts(seg['start'])} -> {fmt_ts(seg['end'])}] {seg['text']}", flush=True)
+        printed += 1
+    return offset + end, printed
+
+
+def _follow_end(args: argparse.Namespace, result: dict[str, Any], printed: int) -> int:
+    segments = result.get("segments") or []
+    if printed == 0:  # finished before we looked (or no live file): print them all
+        for seg in segments:
+            if args.json:
+                print(json.dumps(seg, ensure_ascii=False))
+            else:
+                print(f"[{fmt_ts(seg['start'])} -> {fmt_ts(seg['end'])}] {seg['text']}")
+    elif printed != len(segments):
+        print(f"cesarctl: the final transcript differs from the live segments; "
+              f"'cesarctl result {args.id}' prints it", file=sys.stderr)
+    status = str(result.get("status") or "failed")
+    err = result.get("error") or {}
+    if args.json:
+        print(json.dumps({"id": args.id, "status": status, "error": err or None}))
+    else:
+        tail = f": {err.get('type')}: {err.get('message')}" if err else ""
+        print(f"cesarctl: job {args.id} {status}{tail}", file=sys.stderr)
+    return EX_OK if status == "done" else EX_DATAERR
+
+
 # --- cancel / retry / prune / health ----------------------------------------------
 
 def _request(spool: Spool, action: str, job_id: str, timeout: float) -> dict[str, Any]:
@@ -801,6 +904,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("id")
     s.add_argument("--format", choices=outputs.RENDER, default="txt")
     s.set_defaults(func=cmd_result)
+    s = sub.add_parser("follow", parents=[common],
+                       help="print a job's segments as they are transcribed, then its state "
+                       "(exit 0 done, 65 failed)")
+    s.add_argument("id")
+    s.add_argument("--timeout", type=parse_duration, metavar="DURATION",
+                   help="give up after this long (default: follow until it ends)")
+    s.set_defaults(func=cmd_follow)
     s = sub.add_parser("wait", parents=[common], help="wait until jobs finish")
     s.add_argument("ids", nargs="+", metavar="ID")
     s.add_argument("--timeout", type=parse_duration, metavar="DURATION",

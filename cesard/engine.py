@@ -30,6 +30,8 @@ from cesard import job as jobmod
 from cesard.job import JobOptions
 
 Progress = Callable[[float, float | None], None]
+# Called with each segment as it is decoded ({"start", "end", "text", "words"}).
+SegmentSink = Callable[[dict[str, Any]], None]
 Transcript = dict[str, Any]
 FAKE_MAGIC = b"#cesard-fake"
 
@@ -45,8 +47,8 @@ class Engine(Protocol):
         """The models held now, least recently used first."""
 
     def transcribe(self, audio: BinaryIO, name: str, options: JobOptions,
-                   progress: Progress) -> Transcript:
-        """Transcribe one file."""
+                   progress: Progress, segment: SegmentSink | None = None) -> Transcript:
+        """Transcribe one file; ``segment`` sees each segment as soon as it is decoded."""
 
 
 class Held:
@@ -109,7 +111,7 @@ class FakeEngine:
         return self.held.names()
 
     def transcribe(self, audio: BinaryIO, name: str, options: JobOptions,
-                   progress: Progress) -> Transcript:
+                   progress: Progress, segment: SegmentSink | None = None) -> Transcript:
         self.load(options.model)
         head = audio.read(64 * 1024)
         script: dict[str, str] = {}
@@ -136,15 +138,24 @@ class FakeEngine:
             raise err
         progress(0.0, duration)
         total = float(script.get("sleep", "0"))
-        steps = max(1, int(total / 0.1))
+        # "segments: N": the text said N times, one segment each, spread over the sleep.
+        n = max(1, int(script.get("segments", "1")))
+        segs = [{"start": round(duration * i / n, 3), "end": round(duration * (i + 1) / n, 3),
+                 "text": text if n == 1 else f"{text} {i + 1}", "words": None}
+                for i in range(n)]
+        steps = max(1, int(total / 0.1), n)
+        done = 0
         for i in range(steps):
             if total:
                 time.sleep(total / steps)
             progress((i + 1) / steps, None)
+            while done < n and (done + 1) * steps <= (i + 1) * n:
+                if segment is not None:
+                    segment(segs[done])
+                done += 1
         return {
-            "text": text, "language": options.language or "en", "language_probability": 1.0,
-            "duration": duration,
-            "segments": [{"start": 0.0, "end": duration, "text": text, "words": None}],
+            "text": " ".join(str(sg["text"]) for sg in segs), "language": options.language or "en",
+            "language_probability": 1.0, "duration": duration, "segments": segs,
             "engine": {"name": "fake", "version": "1", "model": options.model,
                        "compute_type": "none", "pid": os.getpid()},
         }
@@ -194,7 +205,7 @@ class WhisperEngine:
         return self.held.names()
 
     def transcribe(self, audio: BinaryIO, name: str, options: JobOptions,
-                   progress: Progress) -> Transcript:
+                   progress: Progress, segment: SegmentSink | None = None) -> Transcript:
         import faster_whisper
         from faster_whisper.audio import decode_audio
 
@@ -226,7 +237,7 @@ class WhisperEngine:
                         batched=batched, batch_size=batch_size if batched else None)
         try:
             out, info, worst = self._decode(model, samples, duration, options, batched,
-                                            batch_size, 1.0, progress)
+                                            batch_size, 1.0, progress, segment)
             if worst >= LOOP_REPEATS:
                 # A repetition loop ("pour tous, pour tous, ..."): decode again,
                 # deterministically, with a repetition penalty, and keep whichever pass
@@ -266,7 +277,8 @@ class WhisperEngine:
 
     def _decode(self, model: Any, samples: Any, duration: float, options: JobOptions,
                 batched: bool, batch_size: int, repetition_penalty: float,
-                progress: Progress) -> tuple[list[dict[str, Any]], Any, int]:
+                progress: Progress, segment: SegmentSink | None = None,
+                ) -> tuple[list[dict[str, Any]], Any, int]:
         """One deterministic pass: segments, info, and its longest repetition run."""
         common: dict[str, Any] = dict(
             language=options.language, task=options.task, beam_size=options.beam_size,
@@ -292,6 +304,8 @@ class WhisperEngine:
                          for w in seg.words]
             out.append({"start": round(seg.start, 3), "end": round(seg.end, 3),
                         "text": seg.text.strip(), "words": words})
+            if segment is not None:
+                segment(out[-1])
             worst = max(worst, repeats(seg.text))
             progress(min(1.0, seg.end / duration), None)
         return out, info, worst

@@ -79,7 +79,8 @@ LEASE = "claim.json"
 META = "job.json"
 RESULT = "result.json"
 SUBMISSION = "submission"  # a dropped job directory inside its claim, until adopted
-RESERVED = {META, LEASE, RESULT, SUBMISSION}
+SEGMENTS = "segments.jsonl"  # segments as the worker decodes them (cesarctl follow)
+RESERVED = {META, LEASE, RESULT, SUBMISSION, SEGMENTS}
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 
 
@@ -626,7 +627,7 @@ class Spool:
 
     def _clear_outputs(self, job_dir: Path) -> None:
         for n in os.listdir(job_dir):
-            if n in (LEASE, RESULT) or n.startswith("transcript.") or n.startswith("."):
+            if n in (LEASE, RESULT, SEGMENTS) or n.startswith("transcript.") or n.startswith("."):
                 p = job_dir / n
                 if not p.is_dir():
                     p.unlink(missing_ok=True)

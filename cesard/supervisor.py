@@ -32,7 +32,16 @@ from cesard.index import Pending, QueueIndex
 from cesard.job import JobMeta, JobOptions
 from cesard.metrics import Metrics, write_textfile
 from cesard.pool import WorkerProc
-from cesard.spool import Claimed, Claimer, Entry, Spool, Unclaimable, read_small, write_atomic
+from cesard.spool import (
+    SEGMENTS,
+    Claimed,
+    Claimer,
+    Entry,
+    Spool,
+    Unclaimable,
+    read_small,
+    write_atomic,
+)
 from cesard.systemd import Notifier
 from cesard.watch import Watcher
 
@@ -608,6 +617,7 @@ class Supervisor:
         job.started = now
         job.started_at = jobmod.iso(now)
         msg = {"op": "job", "id": job.id, "audio": str(job.path / job.audio), "name": job.audio,
+               "segments": str(job.path / SEGMENTS),
                "options": job.options.to_dict()}
         assert w.proc.stdin is not None
         try:
