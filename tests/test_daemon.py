@@ -21,7 +21,8 @@ def test_submit_wait_prints_transcript_and_writes_result(daemon: Daemon) -> None
     assert "00:00:00,000 --> 00:00:01,000" in r.stdout
     (job_dir,) = (daemon.spool / "done").iterdir()
     assert sorted(os.listdir(job_dir)) == ["job.json", "meeting.wav", "result.json",
-                                           "transcript.srt", "transcript.txt"]
+                                           "segments.jsonl", "transcript.srt",
+                                           "transcript.txt"]
     res = checked(json.loads((job_dir / "result.json").read_text()))
     assert res["schema"] == 1 and res["status"] == "done" and res["error"] is None
     assert res["id"] == job_dir.name
