@@ -587,6 +587,13 @@ def fmt_ts(t: float) -> str:
     return f"{int(t // 60):02d}:{t % 60:04.1f}"
 
 
+def print_segment(seg: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(seg, ensure_ascii=False), flush=True)
+    else:
+        print(f"[{fmt_ts(seg['start'])} -> {fmt_ts(seg['end'])}] {seg['text']}", flush=True)
+
+
 def cmd_follow(args: argparse.Namespace) -> int:
     """Print a job's segments as the worker decodes them, then its final state.
 
@@ -655,10 +662,7 @@ def _follow_read(path: Path, offset: int, printed: int, as_json: bool) -> tuple[
             seg = json.loads(line)
         except ValueError:
             continue
-        if as_json:
-            print(json.dumps(seg, ensure_ascii=False), flush=True)
-        else:
-            print(f"[{fmt_ts(seg['start'])} -> {fmt_ts(seg['end'])}] {seg['text']}", flush=True)
+        print_segment(seg, as_json)
         printed += 1
     return offset + end, printed
 
@@ -667,10 +671,7 @@ def _follow_end(args: argparse.Namespace, result: dict[str, Any], printed: int) 
     segments = result.get("segments") or []
     if printed == 0:  # finished before we looked (or no live file): print them all
         for seg in segments:
-            if args.json:
-                print(json.dumps(seg, ensure_ascii=False))
-            else:
-                print(f"[{fmt_ts(seg['start'])} -> {fmt_ts(seg['end'])}] {seg['text']}")
+            print_segment(seg, args.json)
     elif printed != len(segments):
         print(f"cesarctl: the final transcript differs from the live segments; "
               f"'cesarctl result {args.id}' prints it", file=sys.stderr)

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Protocol
 
 from cesard import job as jobmod
 from cesard.job import JobOptions
+from cesard.models import english_only
 
 Progress = Callable[[float, float | None], None]
 # Called with each segment as it is decoded ({"start", "end", "text", "words"}).
@@ -346,12 +347,6 @@ def decode_reason(e: Exception) -> str:
     if "End of file" in text or isinstance(e, EOFError):
         return "the file ends too early"
     return text.split(":", 1)[0][:120] or type(e).__name__
-
-
-def english_only(name: str, path: str | None) -> bool:
-    from cesard.models import english_only as check
-
-    return check(name, path)
 
 
 def check_length(shown: str, seconds: float | None, limit: float) -> None:

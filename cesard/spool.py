@@ -494,9 +494,9 @@ class Spool:
             st = st or os.lstat(sub)
             meta = JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(st.st_mtime))
             try:
-                if not stat.S_ISDIR(os.lstat(sub).st_mode):
+                if not stat.S_ISDIR(st.st_mode):
                     raise jobmod.UnsupportedFile(
-                        f"{job_id} was dropped as a {_kind(os.lstat(sub).st_mode)}; drop a "
+                        f"{job_id} was dropped as a {_kind(st.st_mode)}; drop a "
                         "regular audio file or a job directory")
                 meta = self.read_meta(sub, job_id)
                 meta.attempts, meta.not_before = 0, None

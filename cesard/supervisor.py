@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cesard import config as configmod
-from cesard import devices, models, outputs, pool
+from cesard import devices, limits, models, outputs, pool
 from cesard import job as jobmod
 from cesard.control import Control
 from cesard.index import Pending, QueueIndex
@@ -82,9 +82,7 @@ class Supervisor:
                  notifier: Notifier | None = None, drain: bool = False,
                  placement: devices.Placement | None = None) -> None:
         self.cfg = cfg
-        self.placement = placement or devices.Placement("cpu", (), cfg.compute_type
-                                                        if cfg.compute_type != "auto"
-                                                        else "int8", "device: cpu")
+        self.placement = placement or devices.resolve("cpu", [], cfg.compute_type)
         self.model_infos = models.describe(cfg.model_dirs)
         self.english_only = {m.name for m in self.model_infos if m.english_only}
         self.spool = spool
@@ -365,8 +363,9 @@ class Supervisor:
         if self.stopping or now < self.spawn_backoff:
             return
         live = [w for w in self.workers if not w.retiring]
-        if len(live) < pool.worker_count(self.cfg, self.placement):
-            for _ in range(pool.worker_count(self.cfg, self.placement) - len(live)):
+        wanted = pool.worker_count(self.cfg, self.placement)
+        if len(live) < wanted:
+            for _ in range(wanted - len(live)):
                 self._spawn()
             if not self.ready_sent:
                 return
@@ -408,35 +407,11 @@ class Supervisor:
     def _enqueue(self, entry: Entry, now: float) -> None:
         """Index a settled entry, or fail it at once past its owner's limits."""
         if entry.name not in self.index:
-            err = self._over_limit(entry)
+            err = limits.over_limit(self.cfg, self.index, self.spool.dir("incoming"), entry)
             if err is not None:
                 self._reject(entry, err, now)
                 return
         self.index.add(entry)
-
-    def _over_limit(self, entry: Entry) -> jobmod.QuotaExceeded | None:
-        cfg = self.cfg
-        if not (cfg.max_queued_per_owner or cfg.max_queued_bytes_per_owner):
-            return None
-        try:
-            if os.lstat(self.spool.dir("incoming") / entry.name).st_uid == os.geteuid():
-                return None  # the daemon's own (a requeued or retried job): never refused
-        except FileNotFoundError:
-            return None
-        count, size = self.index.queued(entry.owner)
-        who = jobmod.user_name(entry.owner)
-        shown = jobmod.display_name(entry.name)
-        if cfg.max_queued_per_owner and count >= cfg.max_queued_per_owner:
-            return jobmod.QuotaExceeded(
-                f"{shown}: {who} already has {count} jobs queued, the most "
-                f"max_queued_per_owner={cfg.max_queued_per_owner} allows; wait for some to "
-                "finish, then 'cesarctl retry' this one")
-        if cfg.max_queued_bytes_per_owner and size + entry.size > cfg.max_queued_bytes_per_owner:
-            return jobmod.QuotaExceeded(
-                f"{shown}: {who} has {size} bytes queued; {entry.size} more would pass "
-                f"max_queued_bytes_per_owner={cfg.max_queued_bytes_per_owner}; wait for some "
-                "to finish, then 'cesarctl retry' this one")
-        return None
 
     def _reject(self, entry: Entry, err: jobmod.JobError, now: float) -> None:
         """Claim an entry and fail it with ``err`` without a worker."""
