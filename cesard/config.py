@@ -81,6 +81,10 @@ class Config:
     admin_group: str | None = None  # members see, cancel and retry every job
     max_queued_per_owner: int = 0  # queued entries per owner; 0: no limit
     max_queued_bytes_per_owner: int = 0  # bytes queued per owner; 0: no limit
+    hooks: dict[str, Any] = field(default_factory=dict)  # done, failed: argv lists; named
+    hook_timeout: float = 300.0  # seconds a hook may run before it is killed
+    max_running_hooks: int = 4  # hooks running at once (more wait their turn)
+    dedupe: bool = False  # reuse the result of a done job with the same audio and options
     metrics_textfile: str | None = None
     log_level: str = "info"
     source: str = "built-in defaults"
@@ -93,6 +97,10 @@ class Config:
     def model_dirs(self) -> dict[str, str]:
         """Model name → local directory: the bundled ones, then the config's."""
         return {**bundled_models(), **self.models}
+
+    @property
+    def named_hooks(self) -> dict[str, list[str]]:
+        return dict(self.hooks.get("named") or {})
 
     def job_defaults(self) -> jobmod.JobOptions:
         return jobmod.parse_options(self.defaults, where=f"{self.source}: key 'defaults'")
@@ -134,6 +142,51 @@ def _check_delays(v: Any) -> str | None:
     return None
 
 
+HOOK_NAME = jobmod.HOOK_NAME
+
+
+def _check_argv(v: Any, key: str) -> str | None:
+    """None, or what is wrong with one hook's argv (naming ``key``)."""
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+        return (f"key {key!r} must be a command as a list of strings, such as "
+                f"[\"/usr/lib/cesar/hooks/mail-owner\", \"--failed\"] (no shell), got {v!r}")
+    prog = v[0]
+    if not os.path.isabs(prog):
+        return f"key {key!r}: {prog!r} is not an absolute path; give the program's full path"
+    if not os.path.isfile(prog) or not os.access(prog, os.X_OK):
+        return (f"key {key!r}: {prog} is not an executable file; install it, make it "
+                "executable (chmod +x) or remove the hook")
+    return None
+
+
+def hook_problem(v: Any) -> str | None:
+    """None, or the first problem of a ``hooks`` mapping, naming its key."""
+    if not isinstance(v, dict):
+        return "key 'hooks' must be a mapping with done, failed and named"
+    for k in v:
+        if k not in ("done", "failed", "named"):
+            return f"key 'hooks' has unknown key {k!r}; known keys: done, failed, named"
+    for event in ("done", "failed"):
+        cmds = v.get(event) or []
+        if not isinstance(cmds, list):
+            return f"key 'hooks.{event}' must be a list of commands (each a list of strings)"
+        for i, argv in enumerate(cmds):
+            problem = _check_argv(argv, f"hooks.{event}[{i}]")
+            if problem:
+                return problem
+    named = v.get("named") or {}
+    if not isinstance(named, dict):
+        return "key 'hooks.named' must map hook names to commands (each a list of strings)"
+    for name, argv in named.items():
+        if not isinstance(name, str) or not HOOK_NAME.match(name):
+            return (f"key 'hooks.named': {name!r} is not a hook name (lower-case letters, "
+                    "digits, - and _)")
+        problem = _check_argv(argv, f"hooks.named.{name}")
+        if problem:
+            return problem
+    return None
+
+
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "spool": lambda v: None if isinstance(v, str) and v else "must be a directory path",
     "engine": _choice(ENGINES),
@@ -171,6 +224,10 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "must be a group name or null",
     "max_queued_per_owner": _num(0, integer=True),
     "max_queued_bytes_per_owner": _num(0, integer=True),
+    "hooks": hook_problem,
+    "hook_timeout": _num(1, 86400),
+    "max_running_hooks": _num(1, 256, integer=True),
+    "dedupe": lambda v: None if isinstance(v, bool) else "must be true or false",
     "metrics_textfile": lambda v: None if v is None or (isinstance(v, str) and v) else
     "must be a file path or null",
     "log_level": _choice(("debug", "info", "warning", "error")),
@@ -189,11 +246,14 @@ def parse(raw: Any, source: str) -> Config:
         if key not in CHECKS:
             raise ConfigError(f"{source}: unknown key {key!r}; known keys: {', '.join(KEYS)}")
         problem = CHECKS[key](value)
+        if problem and problem.startswith("key "):
+            raise ConfigError(f"{source}: {problem}")
         if problem:
             raise ConfigError(f"{source}: key {key!r} {problem} (got {value!r})")
     values = dict(raw)
     for key in ("poll_interval", "rescan_interval", "settle_seconds", "shutdown_grace",
-                "job_timeout", "lease_seconds", "max_audio_seconds", "batch_min_seconds"):
+                "job_timeout", "lease_seconds", "max_audio_seconds", "batch_min_seconds",
+                "hook_timeout"):
         if key in values:
             values[key] = float(values[key])
     cfg = Config(**values, source=source)
@@ -201,6 +261,10 @@ def parse(raw: Any, source: str) -> Config:
         cfg.job_defaults()
     except jobmod.InvalidOption as e:
         raise ConfigError(str(e)) from e
+    unknown = [n for n in cfg.job_defaults().then if n not in cfg.named_hooks]
+    if unknown:
+        raise ConfigError(f"{source}: key 'defaults': option 'then': hook {unknown[0]!r} is not "
+                          "under 'hooks.named'")
     if cfg.job_defaults().model not in cfg.model_dirs and cfg.engine == "faster-whisper":
         raise ConfigError(f"{source}: key 'defaults': model {cfg.job_defaults().model!r} is not "
                           f"in 'models' (configured: {', '.join(cfg.model_dirs) or 'none'})")

@@ -156,7 +156,7 @@ def locate(spool: Spool, job_id: str, mine: bool = True) -> tuple[str, Path]:
 
 FLAGS = {"model": "--model", "language": "--language", "task": "--task",
          "priority": "--priority", "beam_size": "--beam-size",
-         "initial_prompt": "--initial-prompt", "formats": "--format"}
+         "initial_prompt": "--initial-prompt", "formats": "--format", "then": "--then"}
 
 
 def as_flags(message: str) -> str:
@@ -192,9 +192,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
         opts["vad_filter"] = False
     if args.exclusive:
         opts["exclusive"] = True
+    if args.then:
+        opts["then"] = args.then
     try:
         options = jobmod.parse_options(opts, cfg.job_defaults(), where="command line")
         check_model(cfg, options)
+        unknown = [n for n in options.then if n not in cfg.named_hooks]
+        if unknown:
+            raise jobmod.InvalidOption(
+                f"option 'then': hook {unknown[0]!r} is not configured in {cfg.source} "
+                f"(configured: {', '.join(cfg.named_hooks) or 'none'}); an administrator "
+                "adds it under 'hooks.named'")
     except jobmod.InvalidOption as e:
         raise CtlError(as_flags(str(e)), EX_USAGE) from e
     files = [Path(f) for f in args.files]
@@ -887,6 +895,9 @@ def parser() -> argparse.ArgumentParser:
                    help="text that primes the vocabulary (names, jargon)")
     s.add_argument("--no-vad", action="store_true", help="do not filter silence")
     s.add_argument("--exclusive", action="store_true", help="run with no other job beside it")
+    s.add_argument("--then", action="append", metavar="HOOK",
+                   help="run this named hook (hooks.named in the configuration) when the job "
+                   "is done; repeatable")
     s.add_argument("--wait", action="store_true", help="wait and print the transcript")
     s.add_argument("--timeout", type=parse_duration, metavar="DURATION",
                    help="with --wait: give up after this long (30s, 10m, 2h; a bare number "

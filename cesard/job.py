@@ -23,6 +23,7 @@ FORMATS = ("txt", "srt", "vtt", "json")
 TASKS = ("transcribe", "translate")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 LANG_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
+HOOK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_JOB_JSON_BYTES = 64 * 1024
 
 
@@ -153,10 +154,12 @@ class JobOptions:
     priority: str = "normal"
     formats: tuple[str, ...] = ("txt",)
     exclusive: bool = False
+    then: tuple[str, ...] = ()  # named hooks (config 'hooks.named') to run when done
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["formats"] = list(self.formats)
+        d["then"] = list(self.then)
         return d
 
 
@@ -231,6 +234,13 @@ def _check_option(key: str, val: Any) -> Any:
         _check(isinstance(val, list) and all(f in FORMATS for f in val), key,
                f"must be a list drawn from {', '.join(FORMATS)}")
         val = tuple(dict.fromkeys(["txt", *val]))
+    elif key == "then":
+        if isinstance(val, str):
+            val = [val]
+        _check(isinstance(val, list) and all(isinstance(n, str) and HOOK_NAME.match(n)
+                                             for n in val), key,
+               "must be a list of hook names the administrator configured (hooks.named)")
+        val = tuple(dict.fromkeys(val))
     return val
 
 
@@ -356,6 +366,8 @@ def make_result(
     attempts: int,
     transcript: dict[str, Any] | None = None,
     error: JobError | None = None,
+    hooks: list[dict[str, Any]] | None = None,
+    deduplicated_from: str | None = None,
 ) -> dict[str, Any]:
     """Build ``result.json`` (docs/result.schema.json) for a finished, failed or cancelled job."""
     t = transcript or {}
@@ -388,6 +400,9 @@ def make_result(
         "timings": {"queued_s": queued_s, "transcribe_s": transcribe_s, "realtime_factor": rtf},
         "engine": t.get("engine"),
         "decoding": t.get("decoding"),
+        "resumed_from": t.get("resumed_from", 0.0),
+        "deduplicated_from": deduplicated_from,
+        "hooks": hooks or [],
         "error": error.to_dict() if error else None,
         "errors": meta.errors + ([error.to_dict()] if error else []),
     }

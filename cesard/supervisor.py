@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cesard import config as configmod
-from cesard import devices, limits, models, outputs, pool
+from cesard import devices, hooks, limits, models, outputs, pool
 from cesard import job as jobmod
 from cesard.control import Control
 from cesard.index import Pending, QueueIndex
@@ -116,6 +116,7 @@ class Supervisor:
         self.spawn_backoff = 0.0
         self._signals: list[int] = []
         self.control = Control(self)
+        self.hooks = hooks.Hooks(cfg.hook_timeout, cfg.max_running_hooks, spool.root)
         # incoming/ entries the daemon may not take, by name → st_ctime_ns when refused;
         # a chmod (IN_ATTRIB) or any other change of ctime brings them back.
         self.blocked: dict[str, int] = {}
@@ -227,8 +228,19 @@ class Supervisor:
             elif state == "failed":
                 log.error("job=%s failed: WorkerCrashed: %s; gave up after max_attempts=%d",
                           job_id, reason, self.cfg.max_attempts)
+                self._failed_hooks_after_recovery(job_id)
                 self.on_disk["failed"] += 1
                 self.metrics.job_finished("failed", None, None, now)
+
+    def _failed_hooks_after_recovery(self, job_id: str) -> None:
+        planned = hooks.planned(self.cfg.hooks, "failed", ())
+        path = self.spool.dir("failed") / job_id
+        try:
+            owner = (json.loads(read_small(path / "result.json", 64 << 20)).get("owner")
+                     or {}).get("uid")
+        except (OSError, ValueError, AttributeError, jobmod.JobError):
+            owner = None
+        self.hooks.schedule(job_id, "failed", path, owner, planned)
 
     def _count_finished(self) -> None:
         for state in ("done", "failed"):
@@ -570,6 +582,12 @@ class Supervisor:
                     f"{c.id}/job.json: model {options.model!r} is not configured (configured: "
                     f"{', '.join(self.cfg.model_dirs)}); pick one of those or add it under "
                     "'models' in the configuration")
+            unknown = [n for n in options.then if n not in self.cfg.named_hooks]
+            if unknown:
+                raise jobmod.InvalidOption(
+                    f"{c.id}/job.json: option 'then': hook {unknown[0]!r} is not configured "
+                    f"(configured: {', '.join(self.cfg.named_hooks) or 'none'}); ask the "
+                    "administrator to add it under 'hooks.named', or submit without it")
             try:
                 jobmod.check_language(options, options.model in self.english_only)
             except jobmod.InvalidOption as e:
@@ -618,20 +636,22 @@ class Supervisor:
         if source is None:
             source = self.spool.describe_source(job.path, job.meta, self.cfg.max_file_bytes)
         attempts = job.meta.attempts + (1 if job.started_at else 0)
+        planned = hooks.planned(self.cfg.hooks, status, job.options.then)
         result = jobmod.make_result(job.meta, status, job.options if job.audio else None, source,
                                     job.started_at, finished_at, self.me.worker_name, attempts,
-                                    transcript, error)
+                                    transcript, error, planned)
         files = outputs.render_all(result, job.options.formats) if status == "done" else {}
         state = "done" if status == "done" else "failed"
         try:
-            self.spool.finish(job.id, state, result, files, self.cfg.keep_audio, job.audio or None,
-                              job.path)
+            path = self.spool.finish(job.id, state, result, files, self.cfg.keep_audio,
+                                     job.audio or None, job.path)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 self._disk_full(now, e)
                 self._requeue(job, "the spool is full")
                 return
             raise
+        self.hooks.schedule(job.id, status, path, job.meta.owner, planned)
         self.on_disk[state] += 1
         t = transcript or {}
         self.metrics.job_finished(status, t.get("duration"), t.get("transcribe_s"), now)
@@ -820,6 +840,7 @@ class Supervisor:
         new.spool = self.cfg.spool
         restart = any(getattr(new, k) != getattr(self.cfg, k) for k in WORKER_KEYS)
         self.cfg = new
+        self.hooks.configure(new.hook_timeout, new.max_running_hooks)
         self.model_infos = models.describe(new.model_dirs)
         self.english_only = {m.name for m in self.model_infos if m.english_only}
         if restart:
@@ -840,6 +861,7 @@ class Supervisor:
                 self._read_worker(w, now)
         self._on_events(now)
         self._timers(now)
+        self.hooks.step(now)
         if not self.ready_sent and self.workers and all(w.ready for w in self.workers):
             self.ready_sent = True
             self.status_dirty = True  # status.json says "running" now, not in 5 s
@@ -859,7 +881,7 @@ class Supervisor:
 
     def _drained(self) -> bool:
         return (not len(self.index) and not self.index.pending and not self.deferred
-                and not self._busy() and self.held is None)
+                and not self._busy() and self.held is None and not self.hooks.busy)
 
     def _stop_step(self, now: float) -> None:
         busy = self._busy()
@@ -870,7 +892,9 @@ class Supervisor:
                 w.job = None
                 self._kill_worker(w)
                 self._requeue(job, self.stop_reason)
-        if not self._busy():
+        if self.hooks.busy and now >= self.stop_deadline:
+            self.hooks.stop(now)
+        if not self._busy() and not self.hooks.busy:
             for w in list(self.workers):
                 self._close_worker(w)
             for w in list(self.workers):
@@ -888,7 +912,7 @@ class Supervisor:
             timeout = min(timeout, self.notify.watchdog_interval / 4)
         if self.stopping:
             timeout = min(timeout, max(0.0, self.stop_deadline - now))
-        fds = [self._wake_r] + [w.reply_fd for w in self.workers]
+        fds = [self._wake_r] + [w.reply_fd for w in self.workers] + self.hooks.fds()
         if self.watcher is not None and self.watcher.fileno() is not None:
             fds.append(self.watcher.fileno())  # type: ignore[arg-type]
         try:
