@@ -22,7 +22,15 @@ from typing import Any
 from cesard import __version__, control, models, outputs
 from cesard import config as configmod
 from cesard import job as jobmod
-from cesard.spool import SEGMENTS, STATES, Spool, SpoolError, is_ignored_name, read_small
+from cesard.spool import (
+    CHECKPOINT,
+    SEGMENTS,
+    STATES,
+    Spool,
+    SpoolError,
+    is_ignored_name,
+    read_small,
+)
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE = 0, 64, 65, 66, 69
 EX_SOFTWARE, EX_CANTCREAT, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 70, 73, 75, 77, 78
@@ -658,10 +666,17 @@ def _follow_read(path: Path, offset: int, printed: int, as_json: bool) -> tuple[
     except OSError:
         return offset, printed
     with os.fdopen(fd, "rb") as f:
-        if os.fstat(f.fileno()).st_size < offset:  # a new attempt started the file again
-            print("cesarctl: job restarted (attempt after a failure or a restart)",
-                  file=sys.stderr)
-            offset = 0
+        size = os.fstat(f.fileno()).st_size
+        if size < offset:  # a new attempt: resumed from its checkpoint, or from the start
+            kept = _checkpoint_kept(path.parent, size)
+            if kept:
+                print(f"cesarctl: job resumed at {kept[2]:.1f} s (a new attempt keeps the "
+                      "segments before it)", file=sys.stderr)
+                offset, printed = kept[0], kept[1]
+            else:
+                print("cesarctl: job restarted (attempt after a failure or a restart)",
+                      file=sys.stderr)
+                offset, printed = 0, 0
         f.seek(offset)
         data = f.read()
     end = data.rfind(b"\n") + 1
@@ -673,6 +688,16 @@ def _follow_read(path: Path, offset: int, printed: int, as_json: bool) -> tuple[
         print_segment(seg, as_json)
         printed += 1
     return offset + end, printed
+
+
+def _checkpoint_kept(job_dir: Path, size: int) -> tuple[int, int, float] | None:
+    """(bytes, segments, seconds) of segments.jsonl a resumed attempt kept, if any."""
+    try:
+        ck = json.loads(read_small(job_dir / CHECKPOINT, 1 << 16))
+        kept = int(ck["bytes"]), int(ck["segments"]), float(ck["resume_at"])
+    except (OSError, ValueError, KeyError, TypeError, jobmod.JobError):
+        return None
+    return kept if 0 < kept[0] <= size else None
 
 
 def _follow_end(args: argparse.Namespace, result: dict[str, Any], printed: int) -> int:

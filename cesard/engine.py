@@ -24,16 +24,28 @@ import signal
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, BinaryIO, Protocol
 
 from cesard import job as jobmod
+from cesard.checkpoint import Resume
 from cesard.job import JobOptions
 from cesard.models import english_only
 
 Progress = Callable[[float, float | None], None]
-# Called with each segment as it is decoded ({"start", "end", "text", "words"}).
-SegmentSink = Callable[[dict[str, Any]], None]
 Transcript = dict[str, Any]
+
+
+class Sink(Protocol):
+    """Sees each segment as soon as it is decoded (:class:`cesard.checkpoint.LiveSegments`)."""
+
+    def add(self, segment: dict[str, Any], window: object = None) -> None:
+        """A segment ({"start", "end", "text", "words"}, seconds of the whole file) and the
+        key of the decoding window it came from: a new key means earlier windows are
+        complete (a checkpoint may follow)."""
+
+    def detected(self, language: str | None, probability: float | None) -> None:
+        """The language decoding uses (detected or asked for)."""
 FAKE_MAGIC = b"#cesard-fake"
 
 
@@ -48,8 +60,11 @@ class Engine(Protocol):
         """The models held now, least recently used first."""
 
     def transcribe(self, audio: BinaryIO, name: str, options: JobOptions,
-                   progress: Progress, segment: SegmentSink | None = None) -> Transcript:
-        """Transcribe one file; ``segment`` sees each segment as soon as it is decoded."""
+                   progress: Progress, sink: Sink | None = None,
+                   resume: Resume | None = None) -> Transcript:
+        """Transcribe one file; ``sink`` sees each segment as soon as it is decoded.
+        With ``resume``, its segments are kept and decoding starts at ``resume.at``
+        seconds; the transcript says so in ``resumed_from``."""
 
 
 class Held:
@@ -112,7 +127,8 @@ class FakeEngine:
         return self.held.names()
 
     def transcribe(self, audio: BinaryIO, name: str, options: JobOptions,
-                   progress: Progress, segment: SegmentSink | None = None) -> Transcript:
+                   progress: Progress, sink: Sink | None = None,
+                   resume: Resume | None = None) -> Transcript:
         self.load(options.model)
         head = audio.read(64 * 1024)
         script: dict[str, str] = {}
@@ -139,24 +155,32 @@ class FakeEngine:
             raise err
         progress(0.0, duration)
         total = float(script.get("sleep", "0"))
-        # "segments: N": the text said N times, one segment each, spread over the sleep.
+        # "segments: N": the text said N times, one segment (and one decoding window)
+        # each, spread evenly over the sleep and the duration.
         n = max(1, int(script.get("segments", "1")))
-        segs = [{"start": round(duration * i / n, 3), "end": round(duration * (i + 1) / n, 3),
-                 "text": text if n == 1 else f"{text} {i + 1}", "words": None}
-                for i in range(n)]
+        segs: list[dict[str, Any]] = [
+            {"start": round(duration * i / n, 3), "end": round(duration * (i + 1) / n, 3),
+             "text": text if n == 1 else f"{text} {i + 1}", "words": None} for i in range(n)]
+        first = 0
+        if resume is not None:  # the kept segments, then the ones after resume.at
+            first = next((i for i, sg in enumerate(segs) if sg["start"] >= resume.at - 1e-6), n)
+        if sink is not None:
+            sink.detected(options.language or "en", 1.0)
         steps = max(1, int(total / 0.1), n)
-        done = 0
-        for i in range(steps):
+        done = first
+        for i in range(first * steps // n, steps):
             if total:
                 time.sleep(total / steps)
             progress((i + 1) / steps, None)
             while done < n and (done + 1) * steps <= (i + 1) * n:
-                if segment is not None:
-                    segment(segs[done])
+                if sink is not None:
+                    sink.add(segs[done], done)
                 done += 1
+        out = (resume.segments if resume else []) + segs[first:]
         return {
-            "text": " ".join(str(sg["text"]) for sg in segs), "language": options.language or "en",
-            "language_probability": 1.0, "duration": duration, "segments": segs,
+            "text": " ".join(str(sg["text"]) for sg in out), "language": options.language or "en",
+            "language_probability": 1.0, "duration": duration, "segments": out,
+            "resumed_from": resume.at if resume else 0.0,
             "engine": {"name": "fake", "version": "1", "model": options.model,
                        "compute_type": "none", "pid": os.getpid()},
         }
@@ -206,7 +230,8 @@ class WhisperEngine:
         return self.held.names()
 
     def transcribe(self, audio: BinaryIO, name: str, options: JobOptions,
-                   progress: Progress, segment: SegmentSink | None = None) -> Transcript:
+                   progress: Progress, sink: Sink | None = None,
+                   resume: Resume | None = None) -> Transcript:
         import faster_whisper
         from faster_whisper.audio import decode_audio
 
@@ -231,21 +256,33 @@ class WhisperEngine:
         progress(0.0, duration)
         # Long audio: batched decoding of VAD chunks measured 1.8x faster on a 10-minute
         # file with no loss of accuracy (bench/RESULTS.md). It needs VAD to cut chunks.
+        # Decided on the whole file, so a resumed attempt decodes the rest the same way.
         batch_size = self.batch_size or (16 if self.device == "cuda" else 8)
         batched = (self.batch_min_seconds > 0 and duration >= self.batch_min_seconds
                    and batch_size > 1 and options.vad_filter)
         decoding = dict(DECODING, beam_size=options.beam_size, vad_filter=options.vad_filter,
                         batched=batched, batch_size=batch_size if batched else None)
+        # Resume: keep the checkpointed segments and decode what follows them, in the
+        # language the first attempt detected; the initial prompt only ever applied to
+        # the first window.
+        offset = resume.at if resume is not None and 0 < resume.at < duration else 0.0
+        known: tuple[str | None, float | None] | None = None
+        if offset and resume is not None:
+            language = options.language or resume.language
+            known = (language, resume.language_probability if not options.language else 1.0)
+            options = replace(options, language=language, initial_prompt=None)
+            samples = samples[int(round(offset * 16000)):]
         try:
             out, info, worst = self._decode(model, samples, duration, options, batched,
-                                            batch_size, 1.0, progress, segment)
+                                            batch_size, 1.0, progress, sink, offset, known)
             if worst >= LOOP_REPEATS:
                 # A repetition loop ("pour tous, pour tous, ..."): decode again,
                 # deterministically, with a repetition penalty, and keep whichever pass
                 # repeats less.
                 again, info2, worst2 = self._decode(model, samples, duration, options,
                                                     batched, batch_size,
-                                                    LOOP_REPETITION_PENALTY, progress)
+                                                    LOOP_REPETITION_PENALTY, progress,
+                                                    None, offset)
                 decoding["loop_guard"] = {"repeats": worst, "retry_repeats": worst2,
                                           "used": "retry" if worst2 < worst else "first"}
                 if worst2 < worst:
@@ -263,12 +300,16 @@ class WhisperEngine:
                                      f"'cesarctl retry'; report it if it fails again): "
                                      f"{type(e).__name__}: {e}") from e
         progress(1.0, None)
+        if offset and resume is not None:
+            out = resume.segments + out
+        language, probability = known or (info.language, info.language_probability)
         return {
             "text": " ".join(s["text"] for s in out).strip(),
             "segments": out,
-            "language": info.language,
-            "language_probability": round(float(info.language_probability), 4),
+            "language": language,
+            "language_probability": round(float(probability or 0.0), 4),
             "duration": round(duration, 3),
+            "resumed_from": round(offset, 3),
             "engine": {"name": "faster-whisper", "version": faster_whisper.__version__,
                        "model": options.model, "compute_type": self.compute_type,
                        "device": self.device,
@@ -278,9 +319,11 @@ class WhisperEngine:
 
     def _decode(self, model: Any, samples: Any, duration: float, options: JobOptions,
                 batched: bool, batch_size: int, repetition_penalty: float,
-                progress: Progress, segment: SegmentSink | None = None,
+                progress: Progress, sink: Sink | None = None, offset: float = 0.0,
+                known: tuple[str | None, float | None] | None = None,
                 ) -> tuple[list[dict[str, Any]], Any, int]:
-        """One deterministic pass: segments, info, and its longest repetition run."""
+        """One deterministic pass over ``samples`` (which start ``offset`` seconds into
+        the file): segments in the file's time, info, and its longest repetition run."""
         common: dict[str, Any] = dict(
             language=options.language, task=options.task, beam_size=options.beam_size,
             word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
@@ -294,21 +337,24 @@ class WhisperEngine:
             segments, info = model.transcribe(
                 samples, vad_filter=options.vad_filter,
                 condition_on_previous_text=DECODING["condition_on_previous_text"], **common)
+        if sink is not None:
+            sink.detected(*(known or (info.language, info.language_probability)))
         out = []
         worst = 0
         # The generator is lazy: decoding happens (and can fail) while iterating.
         for seg in segments:
             words = None
             if seg.words is not None:
-                words = [{"start": round(w.start, 3), "end": round(w.end, 3),
+                words = [{"start": round(w.start + offset, 3), "end": round(w.end + offset, 3),
                           "word": w.word, "probability": round(w.probability, 4)}
                          for w in seg.words]
-            out.append({"start": round(seg.start, 3), "end": round(seg.end, 3),
+            out.append({"start": round(seg.start + offset, 3),
+                        "end": round(seg.end + offset, 3),
                         "text": seg.text.strip(), "words": words})
-            if segment is not None:
-                segment(out[-1])
+            if sink is not None:
+                sink.add(out[-1], seg.seek)  # segments of one window share its seek
             worst = max(worst, repeats(seg.text))
-            progress(min(1.0, seg.end / duration), None)
+            progress(min(1.0, (seg.end + offset) / duration), None)
         return out, info, worst
 
 

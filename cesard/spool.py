@@ -80,7 +80,8 @@ META = "job.json"
 RESULT = "result.json"
 SUBMISSION = "submission"  # a dropped job directory inside its claim, until adopted
 SEGMENTS = "segments.jsonl"  # segments as the worker decodes them (cesarctl follow)
-RESERVED = {META, LEASE, RESULT, SUBMISSION, SEGMENTS}
+CHECKPOINT = "checkpoint.json"  # how far SEGMENTS is complete (cesard/checkpoint.py)
+RESERVED = {META, LEASE, RESULT, SUBMISSION, SEGMENTS, CHECKPOINT}
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 
 
@@ -626,8 +627,10 @@ class Spool:
         write_atomic(job_dir, META, meta.to_json())
 
     def _clear_outputs(self, job_dir: Path) -> None:
+        """Remove an attempt's outputs; SEGMENTS and CHECKPOINT stay for the next attempt
+        to resume from (cesard/checkpoint.py)."""
         for n in os.listdir(job_dir):
-            if n in (LEASE, RESULT, SEGMENTS) or n.startswith("transcript.") or n.startswith("."):
+            if n in (LEASE, RESULT) or n.startswith("transcript.") or n.startswith("."):
                 p = job_dir / n
                 if not p.is_dir():
                     p.unlink(missing_ok=True)
@@ -663,6 +666,8 @@ class Spool:
                      mode=0o640, durable=False)
         if not keep_audio and audio:
             (job_dir / audio).unlink(missing_ok=True)
+        if state == "done":
+            (job_dir / CHECKPOINT).unlink(missing_ok=True)
         (job_dir / LEASE).unlink(missing_ok=True)
         # One fsync of the directory covers the outputs' renames above; the data
         # of each was written before it, so fsync the files' data first.

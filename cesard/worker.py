@@ -30,8 +30,10 @@ import signal
 import stat
 import sys
 import time
+from pathlib import Path
 from typing import Any, BinaryIO
 
+from cesard import checkpoint
 from cesard import job as jobmod
 from cesard.engine import Engine, make_engine
 from cesard.systemd import setup_logging
@@ -73,47 +75,6 @@ def open_audio(path: str, name: str) -> tuple[BinaryIO, dict[str, Any]]:
                "sha256": h.hexdigest()}
 
 
-class LiveSegments:
-    """The job's segments as they are decoded: ``segments.jsonl`` in its directory, one JSON
-    line each, flushed at once and fsynced at most every second (``cesarctl follow``)."""
-
-    SYNC_S = 1.0
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self.fd: int | None = None
-        self.synced = 0.0
-
-    def __enter__(self) -> LiveSegments:
-        if self.path:
-            try:
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                                  | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-            except OSError as e:
-                log.warning("cannot write live segments to %s: %s", self.path, e.strerror)
-        return self
-
-    def add(self, segment: dict[str, Any]) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.write(self.fd, (json.dumps(segment, ensure_ascii=False) + "\n").encode())
-            if time.monotonic() - self.synced >= self.SYNC_S:
-                os.fsync(self.fd)
-                self.synced = time.monotonic()
-        except OSError:
-            pass  # a full disk: follow sees less; the result is still written by the daemon
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            try:
-                os.fsync(self.fd)
-            except OSError:
-                pass
-            os.close(self.fd)
-            self.fd = None
-
-
 class Worker:
     def __init__(self, engine: Engine, reply_fd: int) -> None:
         self.engine = engine
@@ -141,13 +102,18 @@ class Worker:
                 self.send({"op": "progress", "id": job_id, "fraction": round(fraction, 4)})
 
         start = time.monotonic()
-        live = LiveSegments(msg.get("segments"))
         try:
             options = jobmod.parse_options(msg["options"])
             audio, source = open_audio(msg["audio"], msg["name"])
-            with audio, live:
+            path = Path(msg["segments"]) if msg.get("segments") else None
+            want = checkpoint.key(source["sha256"], self.engine.name, options)
+            resume = checkpoint.load(path.parent, want) if path is not None else None
+            if resume is not None:
+                log.info("job=%s resumes at %.1f s (%d segments kept from an earlier "
+                         "attempt)", job_id, resume.at, len(resume.segments))
+            with audio, checkpoint.LiveSegments(path, want, resume) as live:
                 transcript = self.engine.transcribe(audio, msg["name"], options, progress,
-                                                    live.add)
+                                                    live, resume)
         except jobmod.JobError as e:
             # The supervisor logs each failure once, with the file (no second line here).
             self.send({"op": "error", "id": job_id, "error": e.to_dict(), "source": source,

@@ -1,0 +1,102 @@
+"""Resume, not restart (issue 12): a long job interrupted by kill -9, a SIGTERM requeue, a
+timeout or a worker crash goes on from its last checkpoint, with no gap and no duplicate
+at the seam, and result.json says where. The fake engine's slow segments stand in for
+decoding windows (one real faster-whisper run is in test_whisper.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from helpers import Daemon, fake_script, wait_until
+
+from cesard import checkpoint
+from cesard.job import JobOptions
+
+N = 20  # segments of 5 s each: 100 s of "audio", 8 s of decoding
+LONG = fake_script(sleep=8, segments=N, duration=100, text="part")
+
+
+def live_lines(d: Daemon, job_id: str) -> int:
+    p = d.spool / "processing" / job_id / "segments.jsonl"
+    try:
+        return p.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def assert_whole(result: dict, resumed_from: float) -> None:
+    """Every segment once, in order, end to start: no gap and no duplicate at the seam."""
+    segs = result["segments"]
+    assert [s["text"] for s in segs] == [f"part {i}" for i in range(1, N + 1)]
+    assert all(a["end"] == b["start"] for a, b in zip(segs, segs[1:]))
+    assert result["resumed_from"] == resumed_from
+
+
+def test_kill_9_at_80_percent_resumes_from_the_checkpoint(
+        make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon().start()
+    job = d.submit_bytes("long.wav", LONG)
+    wait_until(lambda: live_lines(d, job) >= 16, 30, "80 % of the segments")
+    d.kill_all()
+    ck = json.loads((d.spool / "processing" / job / "checkpoint.json").read_text())
+    assert 12 <= ck["segments"] <= 16 and ck["resume_at"] == 5.0 * ck["segments"]
+    d.start()
+    r = d.wait_result(job, 30)
+    assert r["status"] == "done" and r["attempts"] == 2
+    assert_whole(r, ck["resume_at"])
+    # The second attempt decoded only what was left (the sleep is spread over 20 segments).
+    assert r["timings"]["transcribe_s"] < 8 * 0.4, r["timings"]
+    assert f"job={job} resumes at {ck['resume_at']:.1f} s" in d.log()
+    done = d.spool / "done" / job
+    assert not (done / "checkpoint.json").exists()
+    lines = [json.loads(x) for x in (done / "segments.jsonl").read_text().splitlines()]
+    assert lines == r["segments"]
+
+
+def test_sigterm_requeue_and_worker_crash_resume_too(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon(shutdown_grace=0.5).start()
+    job = d.submit_bytes("long.wav", LONG)
+    wait_until(lambda: live_lines(d, job) >= 6, 30, "some segments")
+    assert d.stop() == 0  # grace expires: requeued, no attempt counted
+    assert job in d.entries("incoming")
+    d.start()
+    wait_until(lambda: live_lines(d, job) >= 12, 30, "more segments")
+    st = d.status()
+    assert st is not None
+    os.kill(st["workers"][0]["pid"], signal.SIGKILL)  # the worker dies mid-job
+    r = d.wait_result(job, 30)
+    assert r["status"] == "done" and r["attempts"] == 2
+    assert r["resumed_from"] >= 30
+    assert_whole(r, r["resumed_from"])
+    assert r["errors"][0]["type"] == "WorkerCrashed"
+
+
+def test_a_timed_out_attempt_resumes(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon(job_timeout=5).start()
+    job = d.submit_bytes("long.wav", LONG)
+    r = d.wait_result(job, 40)
+    assert r["status"] == "done" and r["attempts"] == 2
+    assert r["errors"][0]["type"] == "JobTimeout" and r["resumed_from"] >= 20
+    assert_whole(r, r["resumed_from"])
+
+
+def test_a_checkpoint_is_used_only_for_its_own_audio_and_options(tmp_path: Path) -> None:
+    opts = JobOptions()
+    want = checkpoint.key("a" * 64, "fake", opts)
+    assert want != checkpoint.key("b" * 64, "fake", opts)
+    assert want != checkpoint.key("a" * 64, "fake", JobOptions(language="de"))
+    assert want == checkpoint.key("a" * 64, "fake", JobOptions(priority="high"))
+    seg = b'{"start": 0.0, "end": 5.0, "text": "x", "words": null}\n'
+    (tmp_path / "segments.jsonl").write_bytes(seg * 3)
+    ck = {"schema": 1, "key": want, "segments": 2, "bytes": 2 * len(seg), "resume_at": 5.0,
+          "language": "en", "language_probability": 1.0}
+    (tmp_path / "checkpoint.json").write_text(json.dumps(ck))
+    got = checkpoint.load(tmp_path, want)
+    assert got is not None and got.at == 5.0 and len(got.segments) == 2
+    assert checkpoint.load(tmp_path, checkpoint.key("b" * 64, "fake", opts)) is None
+    (tmp_path / "segments.jsonl").write_bytes(seg[:10])  # cut short: start over
+    assert checkpoint.load(tmp_path, want) is None
