@@ -20,12 +20,13 @@ import select
 import signal
 import subprocess
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cesard import config as configmod
-from cesard import devices, hooks, limits, models, outputs, pool
+from cesard import dedupe, devices, hooks, limits, models, outputs, pool, privacy
 from cesard import job as jobmod
 from cesard.control import Control
 from cesard.index import Pending, QueueIndex
@@ -71,6 +72,7 @@ class Running:
     deadline: float
     fraction: float = 0.0
     duration: float | None = None
+    hashing: Future[dedupe.Match] | None = None  # dedupe: its audio is being looked up
 
 
 class StartupError(Exception):
@@ -117,6 +119,7 @@ class Supervisor:
         self._signals: list[int] = []
         self.control = Control(self)
         self.hooks = hooks.Hooks(cfg.hook_timeout, cfg.max_running_hooks, spool.root)
+        self.dedupe: dedupe.Dedupe | None = None
         # incoming/ entries the daemon may not take, by name → st_ctime_ns when refused;
         # a chmod (IN_ATTRIB) or any other change of ctime brings them back.
         self.blocked: dict[str, int] = {}
@@ -170,6 +173,8 @@ class Supervisor:
         self.spool.create()
         self.spool.check()
         self._warn_if_shared_with_a_local_daemon()
+        if self.cfg.dedupe:
+            self.dedupe = dedupe.Dedupe(self.spool, self.cfg.engine)
         # Workers load their models while the spool is recovered and indexed; none gets
         # a job before run_once, so recovery still happens before any claim.
         for _ in range(pool.worker_count(self.cfg, self.placement)):
@@ -532,7 +537,59 @@ class Supervisor:
                 log.info("job=%s is exclusive: waiting for %d running job(s)", job.id, len(busy))
                 self.held = job
                 return
-            self._send(self._pick(idle, job), job, now)
+            self._start_job(self._pick(idle, job), job, now)
+
+    def _start_job(self, w: WorkerProc, job: Running, now: float) -> None:
+        """Give ``job`` to ``w``; with dedupe, look its audio up first (the worker stays
+        reserved for it meanwhile, and is only used when nothing matched)."""
+        if self.dedupe is None:
+            self._send(w, job, now)
+            return
+        w.job = job
+        try:
+            admin_gid = privacy.group_id(self.cfg.admin_group)
+        except privacy.PrivacyError:
+            admin_gid = None
+        owner = job.meta.owner
+        sees_all = self.cfg.privacy == "group" or (
+            owner is not None and privacy.may_act_on(owner, None, admin_gid))
+        job.hashing = self.dedupe.check(job.path / job.audio, job.options, owner, sees_all)
+        job.hashing.add_done_callback(lambda _f: self._wake())
+
+    def _wake(self) -> None:
+        """Wake the loop from another thread (the dedupe lookup finished)."""
+        try:
+            os.write(self._wake_w, b"d")
+        except OSError:
+            pass  # the pipe is full: the loop wakes anyway
+
+    def _check_hashing(self, now: float) -> None:
+        for w in list(self.workers):
+            job = w.job
+            if job is None or job.hashing is None or not job.hashing.done():
+                continue
+            future, job.hashing = job.hashing, None
+            try:
+                match = future.result()
+            except Exception:  # noqa: BLE001 - a lookup bug transcribes the job
+                log.exception("job=%s dedupe lookup failed; transcribing it", job.id)
+                match = dedupe.Match(None, None)
+            if match.prior is None or match.source is None:
+                w.job = None
+                if self.stopping:
+                    self._requeue(job, "shutting down")
+                else:
+                    self._send(w, job, now)
+                continue
+            w.job = None
+            prior = match.prior
+            transcript = {k: prior.get(k) for k in ("text", "segments", "language",
+                                                    "language_probability", "duration",
+                                                    "engine", "decoding")}
+            transcript["transcribe_s"] = 0.0
+            job.started_at = jobmod.iso(now)
+            self._finish(job, "done", match.source, transcript, None, now,
+                         deduplicated_from=str(prior["id"]))
 
     def _pick(self, idle: list[WorkerProc], job: Running) -> WorkerProc:
         """An idle worker that holds the job's model already, else the first idle one."""
@@ -631,7 +688,7 @@ class Supervisor:
 
     def _finish(self, job: Running, status: str, source: dict[str, Any] | None,
                 transcript: dict[str, Any] | None, error: jobmod.JobError | None,
-                now: float) -> None:
+                now: float, deduplicated_from: str | None = None) -> None:
         finished_at = jobmod.iso(now)
         if source is None:
             source = self.spool.describe_source(job.path, job.meta, self.cfg.max_file_bytes)
@@ -639,7 +696,7 @@ class Supervisor:
         planned = hooks.planned(self.cfg.hooks, status, job.options.then)
         result = jobmod.make_result(job.meta, status, job.options if job.audio else None, source,
                                     job.started_at, finished_at, self.me.worker_name, attempts,
-                                    transcript, error, planned)
+                                    transcript, error, planned, deduplicated_from)
         files = outputs.render_all(result, job.options.formats) if status == "done" else {}
         state = "done" if status == "done" else "failed"
         try:
@@ -652,12 +709,17 @@ class Supervisor:
                 return
             raise
         self.hooks.schedule(job.id, status, path, job.meta.owner, planned)
+        if self.dedupe is not None and status == "done":
+            self.dedupe.add(result, path.name)
         self.on_disk[state] += 1
         t = transcript or {}
         self.metrics.job_finished(status, t.get("duration"), t.get("transcribe_s"), now)
         self.status_urgent = True
         shown = jobmod.display_name(job.audio) if job.audio else str(source.get("name") or "-")
-        if status == "done":
+        if deduplicated_from:
+            log.info("job=%s done: file=%s deduplicated from %s (same audio and options) "
+                     "status=done", job.id, shown, deduplicated_from)
+        elif status == "done":
             rtf = result["timings"]["realtime_factor"]
             log.info("job=%s done: file=%s duration=%.1fs realtime=%sx attempts=%d status=done",
                      job.id, shown, t.get("duration") or 0.0, rtf, attempts)
@@ -841,6 +903,11 @@ class Supervisor:
         restart = any(getattr(new, k) != getattr(self.cfg, k) for k in WORKER_KEYS)
         self.cfg = new
         self.hooks.configure(new.hook_timeout, new.max_running_hooks)
+        if new.dedupe and self.dedupe is None:
+            self.dedupe = dedupe.Dedupe(self.spool, new.engine)
+        elif not new.dedupe and self.dedupe is not None:
+            self.dedupe.close()
+            self.dedupe = None
         self.model_infos = models.describe(new.model_dirs)
         self.english_only = {m.name for m in self.model_infos if m.english_only}
         if restart:
@@ -862,6 +929,7 @@ class Supervisor:
         self._on_events(now)
         self._timers(now)
         self.hooks.step(now)
+        self._check_hashing(now)
         if not self.ready_sent and self.workers and all(w.ready for w in self.workers):
             self.ready_sent = True
             self.status_dirty = True  # status.json says "running" now, not in 5 s
@@ -940,6 +1008,8 @@ class Supervisor:
             return 1
         if self.watcher is not None:
             self.watcher.close()
+        if self.dedupe is not None:
+            self.dedupe.close()
         self.status_dirty = True
         self.next_status = 0.0
         self.publish_status(time.time())

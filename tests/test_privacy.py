@@ -373,6 +373,39 @@ def test_cp_of_a_0600_file_waits_for_chmod_then_runs(box: Box) -> None:
     assert res["status"] == "done" and res["text"] == "was 0600"
 
 
+def test_dedupe_reuses_only_what_the_owner_may_read(box: Box) -> None:
+    """dedupe: true (reloaded): bob's copy of alice's recording is transcribed for bob,
+    never answered from alice's job; an admin's may reuse either."""
+    import signal
+
+    d, alice, bob = box.d, box.alice, box.bob
+    d.config["dedupe"] = True
+    d.write_config()
+    d.signal(signal.SIGHUP)
+    wait_until(lambda: d.log().count("configuration reloaded") >= 1, 10, "the reload")
+    try:
+        same = fake_script(sleep=0.5, text="the board meeting")
+        mine = box.submit(alice, "board.wav", same)
+        assert done_result(box, mine)["deduplicated_from"] is None
+        again = box.submit(alice, "board-again.wav", same)
+        assert done_result(box, again)["deduplicated_from"] == mine
+        bobs = box.submit(bob, "board.wav", same)
+        r = done_result(box, bobs)
+        assert r["deduplicated_from"] is None and r["owner"]["name"] == bob.name
+        assert done_result(box, box.submit(bob, "b2.wav", same))["deduplicated_from"] == bobs
+        admins = box.submit(box.admin, "board.wav", same)
+        assert done_result(box, admins)["deduplicated_from"] in (mine, bobs)
+        # The copy is the new owner's alone, as any result.
+        copy = d.spool / "done" / again / "transcript.txt"
+        assert box.attempt(bob, "read", copy) == "EACCES"
+        assert box.attempt(alice, "read", copy) == "OK"
+    finally:
+        d.config["dedupe"] = False
+        d.write_config()
+        d.signal(signal.SIGHUP)
+        wait_until(lambda: d.log().count("configuration reloaded") >= 2, 10, "the reload")
+
+
 def test_the_daemon_survived_every_attack(box: Box) -> None:
     assert box.d.proc is not None and box.d.proc.poll() is None
     assert "Traceback" not in box.d.log(), box.d.log()

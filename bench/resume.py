@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Resume and dedupe figures (issue 12), measured side by side in one run.
+
+    .venv/bin/python bench/resume.py            # a 10-minute file, tiny.en (about 3 min)
+    .venv/bin/python bench/resume.py --seconds 120   # quicker check of the bench itself
+
+Resume: the real cesard (faster-whisper, the bundled tiny.en, one worker) transcribes a
+10-minute espeak-ng file from start to end; then the same audio again as a new job, whose
+daemon is killed with SIGKILL (supervisor and worker) when status.json shows the job at
+80 %; a new daemon finishes it. The figure is the second attempt's ``transcribe_s`` over
+the full run's, for batched decoding (the default for files over batch_min_seconds) and
+for sequential decoding. The whole-file transcript of each is compared with the
+uninterrupted one (word error rate between them).
+
+Dedupe: with ``dedupe: true``, the same file submitted again: the time from the submit
+to result.json in done/ (cesarctl submit --wait, wall clock), beside a fake-engine job's
+on the same daemon for scale.
+
+Prints a table and writes nothing in the repository. Needs espeak-ng and sox (clips are
+cached in bench/.cache/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+import speech  # noqa: E402
+import yaml  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def progress(msg: str) -> None:
+    print(f"[resume] {msg}", file=sys.stderr, flush=True)
+
+
+class Daemon:
+    def __init__(self, root: Path, **cfg: Any) -> None:
+        self.root = root
+        self.spool = root / "spool"
+        self.conf = root / "cesard.yaml"
+        base = {"engine": "faster-whisper", "workers": 1, "cpu_threads": 2,
+                "settle_seconds": 0.2, "lease_seconds": 5}
+        self.conf.write_text(yaml.safe_dump({**base, **cfg}))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.root / "cesard.log", "ab")  # noqa: SIM115
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "CESAR_SPOOL")}
+        self.proc = subprocess.Popen([str(BIN / "cesard"), "--config", str(self.conf),
+                                      "--spool", str(self.spool)], stdout=log, stderr=log,
+                                     env=env, start_new_session=True)
+        self.until(lambda: (self.status() or {}).get("state") == "running"
+                   and self.status()["pid"] == self.proc.pid, 180, "ready")  # type: ignore
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.spool / "state" / "status.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def until(self, pred: Any, timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            v = pred()
+            if v:
+                return v
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out waiting for {what}; see {self.root}/cesard.log")
+            time.sleep(0.05)
+
+    def ctl(self, *args: str) -> str:
+        return subprocess.run([str(BIN / "cesarctl"), "--spool", str(self.spool), "--config",
+                               str(self.conf), *args], check=True, capture_output=True,
+                              text=True).stdout
+
+    def result(self, job: str, timeout: float = 900) -> dict[str, Any]:
+        p = self.spool / "done" / job / "result.json"
+        self.until(p.exists, timeout, f"result of {job}")
+        return dict(json.loads(p.read_text()))
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+
+
+def resume_run(tmp: Path, audio: Path, label: str, **cfg: Any) -> dict[str, Any]:
+    d = Daemon(tmp / label, **cfg)
+    (tmp / label).mkdir()
+    try:
+        d.start()
+        progress(f"{label}: the full run")
+        full = d.result(d.ctl("submit", str(audio)).strip())
+        job = d.ctl("submit", str(audio)).strip()
+        progress(f"{label}: a second job, killed at 80 %")
+
+        def at_80() -> float | None:
+            for r in (d.status() or {}).get("running", []):
+                if r["id"] == job and r["progress"] >= 0.8:
+                    return float(r["progress"])
+            return None
+        killed_at = d.until(at_80, 900, "80 %")
+        d.kill()
+        d.start()
+        second = d.result(job)
+    finally:
+        d.kill()
+    ratio = second["timings"]["transcribe_s"] / full["timings"]["transcribe_s"]
+    drift = speech.wer([full["text"]], [second["text"]])
+    return {"label": label, "full_s": full["timings"]["transcribe_s"],
+            "second_s": second["timings"]["transcribe_s"], "ratio": ratio,
+            "killed_at": killed_at, "resumed_from": second["resumed_from"],
+            "duration": full["duration"], "attempts": second["attempts"], "drift": drift}
+
+
+def dedupe_run(tmp: Path, audio: Path) -> dict[str, Any]:
+    d = Daemon(tmp / "dedupe", dedupe=True)
+    (tmp / "dedupe").mkdir()
+    try:
+        d.start()
+        first = d.result(d.ctl("submit", str(audio)).strip())
+        times = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            job = d.ctl("submit", "--wait", "--json", str(audio))
+            times.append(time.monotonic() - t0)
+            r = json.loads(job)
+            r = r[0] if isinstance(r, list) else r
+            assert r["deduplicated_from"] == first["id"], r
+        return {"first_s": first["timings"]["transcribe_s"], "dedupe_s": sorted(times)[2]}
+    finally:
+        d.stop()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=600)
+    a = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="cesard-resume-"))
+    try:
+        clips = speech.make_clips(30)
+        long = speech.make_long(clips, a.seconds)
+        audio = Path(str(long["path"]))
+        rows = [resume_run(tmp, audio, "batched"),
+                resume_run(tmp, audio, "sequential", batch_min_seconds=0)]
+        dd = dedupe_run(tmp, audio)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"| {rows[0]['duration'] / 60:.0f}-min file, tiny.en, 1 worker | full run | "
+          "killed at | resumed from | 2nd attempt | 2nd / full | WER 2nd vs full |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['label']} | {r['full_s']:.1f} s | {r['killed_at'] * 100:.0f} % | "
+              f"{r['resumed_from']:.0f} s | {r['second_s']:.1f} s | {r['ratio'] * 100:.0f} % | "
+              f"{r['drift'] * 100:.1f} % |")
+    print(f"\ndedupe: the same file again, submit to result {dd['dedupe_s'] * 1000:.0f} ms "
+          f"(median of 5, cesarctl submit --wait) vs {dd['first_s']:.1f} s transcribing it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
