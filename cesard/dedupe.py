@@ -57,6 +57,14 @@ def result_key(result: dict[str, Any]) -> str | None:
     return checkpoint.key(sha, str(engine), options)
 
 
+def transcript_of(prior: dict[str, Any]) -> dict[str, Any]:
+    """What a deduplicated job copies from the result it reuses (no worker time)."""
+    t = {k: prior.get(k) for k in ("text", "segments", "language", "language_probability",
+                                   "duration", "engine", "decoding")}
+    t["transcribe_s"] = 0.0
+    return t
+
+
 def _hash(path: Path) -> dict[str, Any] | None:
     """``source`` for a regular, singly linked file (opened without following links)."""
     try:

@@ -121,6 +121,15 @@ class Hooks:
         jh = JobHooks(job_id, status, path, owner, [dict(e) for e in entries], len(entries))
         self.queue.extend(Run(jh, i) for i in range(len(entries)))
 
+    def after_recovery(self, job_id: str, path: Path, hooks_cfg: dict[str, Any]) -> None:
+        """The failed hooks of a job recovery gave up on (its result is in ``path``)."""
+        try:
+            owner = (json.loads(read_small(path / RESULT, 64 << 20)).get("owner")
+                     or {}).get("uid")
+        except (OSError, ValueError, AttributeError, jobmod.JobError):
+            owner = None
+        self.schedule(job_id, "failed", path, owner, planned(hooks_cfg, "failed", ()))
+
     def step(self, now: float) -> None:
         for r in list(self.running):
             self._read(r)

@@ -105,6 +105,18 @@ def may_act_on(sender: int, owner: int | None, admin_gid: int | None) -> bool:
     return sender == 0 or sender == owner or in_group(sender, admin_gid)
 
 
+def sees_all(uid: int | None, mode: str, admin_group: str | None) -> bool:
+    """``uid`` may read every member's jobs: ``privacy: group``, root, or an admin."""
+    if mode == "group":
+        return True
+    if uid is None:
+        return False
+    try:
+        return may_act_on(uid, None, group_id(admin_group))
+    except PrivacyError:
+        return uid == 0
+
+
 def is_shared(root: Path) -> bool:
     """Others than the daemon's user may enter the spool (group or other bits on its root)."""
     return bool(os.stat(root).st_mode & 0o077)

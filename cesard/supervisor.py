@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from cesard import config as configmod
-from cesard import dedupe, devices, hooks, limits, models, outputs, pool, privacy
+from cesard import dedupe, devices, hooks, limits, models, outputs, pool, privacy, status
 from cesard import job as jobmod
 from cesard.control import Control
 from cesard.index import Pending, QueueIndex
 from cesard.job import JobMeta, JobOptions
-from cesard.metrics import Metrics, write_textfile
+from cesard.metrics import Metrics
 from cesard.pool import WorkerProc
 from cesard.spool import (
     SEGMENTS,
@@ -40,7 +40,6 @@ from cesard.spool import (
     Entry,
     Spool,
     Unclaimable,
-    read_small,
     write_atomic,
 )
 from cesard.systemd import Notifier
@@ -172,7 +171,7 @@ class Supervisor:
         """Create/check the spool, recover, start workers and wait until they are ready."""
         self.spool.create()
         self.spool.check()
-        self._warn_if_shared_with_a_local_daemon()
+        status.warn_if_shared_with_a_local_daemon(self)
         if self.cfg.dedupe:
             self.dedupe = dedupe.Dedupe(self.spool, self.cfg.engine)
         # Workers load their models while the spool is recovered and indexed; none gets
@@ -193,23 +192,6 @@ class Supervisor:
         log.info("started: spool %s, engine %s, %d worker(s), %d job(s) queued, watch %s",
                  self.spool.root, self.cfg.engine, len(self.workers), len(self.index),
                  "poll" if self.watcher.polling else "inotify")
-
-    def _warn_if_shared_with_a_local_daemon(self) -> None:
-        """Say so when another cesard on this host already serves the spool: both claim
-        (each job still runs once), and until status is per daemon (issue 14) each
-        overwrites the other's status.json."""
-        try:
-            st = json.loads(read_small(self.spool.dir("state") / "status.json", 1 << 20))
-            pid = int(st["pid"])
-            other = (st.get("host") == self.me.host and pid != os.getpid()
-                     and st.get("state") != "stopped"
-                     and b"cesard" in Path(f"/proc/{pid}/cmdline").read_bytes())
-        except (OSError, ValueError, KeyError, TypeError, jobmod.JobError):
-            return
-        if other:
-            log.warning("another cesard (pid %d) already serves spool %s on this host; both "
-                        "claim jobs (each still runs once), but status.json shows one of them",
-                        pid, self.spool.root)
 
     def recover(self, now: float, startup: bool = False) -> None:
         """Return orphaned claims to incoming/ (I4). Only this method recovers."""
@@ -233,19 +215,10 @@ class Supervisor:
             elif state == "failed":
                 log.error("job=%s failed: WorkerCrashed: %s; gave up after max_attempts=%d",
                           job_id, reason, self.cfg.max_attempts)
-                self._failed_hooks_after_recovery(job_id)
+                self.hooks.after_recovery(job_id, self.spool.dir("failed") / job_id,
+                                          self.cfg.hooks)
                 self.on_disk["failed"] += 1
                 self.metrics.job_finished("failed", None, None, now)
-
-    def _failed_hooks_after_recovery(self, job_id: str) -> None:
-        planned = hooks.planned(self.cfg.hooks, "failed", ())
-        path = self.spool.dir("failed") / job_id
-        try:
-            owner = (json.loads(read_small(path / "result.json", 64 << 20)).get("owner")
-                     or {}).get("uid")
-        except (OSError, ValueError, AttributeError, jobmod.JobError):
-            owner = None
-        self.hooks.schedule(job_id, "failed", path, owner, planned)
 
     def _count_finished(self) -> None:
         for state in ("done", "failed"):
@@ -546,13 +519,8 @@ class Supervisor:
             self._send(w, job, now)
             return
         w.job = job
-        try:
-            admin_gid = privacy.group_id(self.cfg.admin_group)
-        except privacy.PrivacyError:
-            admin_gid = None
         owner = job.meta.owner
-        sees_all = self.cfg.privacy == "group" or (
-            owner is not None and privacy.may_act_on(owner, None, admin_gid))
+        sees_all = privacy.sees_all(owner, self.cfg.privacy, self.cfg.admin_group)
         job.hashing = self.dedupe.check(job.path / job.audio, job.options, owner, sees_all)
         job.hashing.add_done_callback(lambda _f: self._wake())
 
@@ -582,14 +550,8 @@ class Supervisor:
                     self._send(w, job, now)
                 continue
             w.job = None
-            prior = match.prior
-            transcript = {k: prior.get(k) for k in ("text", "segments", "language",
-                                                    "language_probability", "duration",
-                                                    "engine", "decoding")}
-            transcript["transcribe_s"] = 0.0
-            job.started_at = jobmod.iso(now)
-            self._finish(job, "done", match.source, transcript, None, now,
-                         deduplicated_from=str(prior["id"]))
+            self._finish(job, "done", match.source, dedupe.transcript_of(match.prior), None,
+                         now, deduplicated_from=str(match.prior["id"]))
 
     def _pick(self, idle: list[WorkerProc], job: Running) -> WorkerProc:
         """An idle worker that holds the job's model already, else the first idle one."""
@@ -804,55 +766,10 @@ class Supervisor:
     # --- status -------------------------------------------------------------------
 
     def status(self, now: float) -> dict[str, Any]:
-        running = []
-        for w in self.workers:
-            if w.job is not None:
-                j = w.job
-                elapsed = now - j.started
-                eta = None
-                if j.fraction > 0.01:
-                    eta = round(elapsed * (1 - j.fraction) / j.fraction, 1)
-                # A shared owner-mode spool: no member learns another's file names.
-                shown = jobmod.display_name(j.audio) if self.spool.guard is None else None
-                running.append({"id": j.id, "file": shown,
-                                "worker": w.pid, "progress": round(j.fraction, 4),
-                                "started_at": j.started_at, "elapsed_s": round(elapsed, 1),
-                                "eta_s": eta, "duration": j.duration})
-        oldest = self.index.oldest_key()
-        oldest_age = None
-        if oldest:
-            oldest_age = round(now - jobmod.parse_iso(oldest).timestamp(), 1)
-        return {
-            "schema": 1, "pid": os.getpid(), "host": self.me.host,
-            "started_at": jobmod.iso(self.started), "updated_at": jobmod.iso(now),
-            "state": "stopped" if self.exit_code is not None else
-            "stopping" if self.stopping else ("running" if self.ready_sent
-                                                       else "starting"),
-            "engine": self.cfg.engine, "model": self.cfg.job_defaults().model,
-            "device": self.placement.device, "compute_type": self.placement.compute_type,
-            "workers": [w.to_status() for w in self.workers],
-            "models": [dict(m.to_dict(), workers=[w.pid for w in self.workers
-                                                  if m.name in w.models])
-                       for m in self.model_infos],
-            "running": running,
-            "queue": {"incoming": len(self.index) + len(self.index.pending),
-                      "processing": len(running) + (1 if self.held else 0),
-                      "deferred": len(self.deferred), "done": self.on_disk["done"],
-                      "failed": self.on_disk["failed"]},
-            "oldest_queued_age_s": oldest_age,
-            "finished_since_start": dict(self.metrics.finished),
-            "disk_full": bool(self.disk_full_logged),
-            "queue_capacity": self.cfg.queue_capacity,
-        }
+        return status.snapshot(self, now)
 
     def status_line(self, st: dict[str, Any]) -> str:
-        q = st["queue"]
-        parts = [f"{q['incoming']} queued", f"{q['deferred']} deferred"]
-        for r in st["running"]:
-            parts.append(f"{r['id']} {r['progress'] * 100:.0f}%")
-        if not st["running"]:
-            parts.insert(0, "idle")
-        return "; ".join(parts)
+        return status.line(st)
 
     def publish_status(self, now: float) -> None:
         """Write state/status.json: within 50 ms when a job started or finished, at most
@@ -872,22 +789,9 @@ class Supervisor:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
         if self.cfg.metrics_textfile:
-            self._write_metrics(st)
+            status.write_metrics(self, st)
         if self.ready_sent:
             self.notify.status(self.status_line(st))
-
-    def _write_metrics(self, st: dict[str, Any]) -> None:
-        assert self.cfg.metrics_textfile
-        text = self.metrics.render(st["queue"], len(st["running"]), str(self.spool.root),
-                                   st["workers"])
-        try:
-            write_textfile(self.cfg.metrics_textfile, text)
-            self.metrics_error_logged = False
-        except OSError as e:
-            if not self.metrics_error_logged:
-                log.error("cannot write metrics_textfile %s: %s; fix the path or its "
-                          "permissions", self.cfg.metrics_textfile, e.strerror)
-                self.metrics_error_logged = True
 
     # --- reload -------------------------------------------------------------------
 
