@@ -11,9 +11,11 @@ Two files in the job's directory, written by the worker only:
     ``{"schema", "key", "segments", "bytes", "resume_at", "language",
     "language_probability"}``: the first ``segments`` lines (``bytes`` bytes) of
     ``segments.jsonl`` are complete and durable, and decoding may go on from
-    ``resume_at`` seconds (the end of the last of them). It is rewritten by rename,
-    after an fsync of ``segments.jsonl``, when a decoding window is complete (the
-    engine moved on to the next one) and a second has passed since the last one.
+    ``resume_at`` seconds (the end of the last of them). A window is complete when
+    the engine yields a segment of the next one. Once a second, a thread fsyncs
+    ``segments.jsonl`` and, when more windows are complete than the checkpoint says,
+    replaces ``checkpoint.json`` by rename (the decoding thread only appends: a batched
+    engine yields a whole batch at once, then computes the next for a long while).
 
 A new attempt of the job (after kill -9, a SIGTERM requeue, a timeout or a worker crash;
 the spool keeps both files when it requeues, defers or recovers a job) resumes when
@@ -31,8 +33,8 @@ import hashlib
 import json
 import logging
 import os
-import time
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,25 +95,29 @@ def load(job_dir: Path, want: str) -> Resume | None:
                   float(prob) if isinstance(prob, (int, float)) else None, size)
 
 
-@dataclass
 class LiveSegments:
     """Appends segments to ``segments.jsonl`` and writes checkpoints (module docstring).
 
     :meth:`add` takes each segment with the key of the decoding window it came from; a
-    new key means every earlier window is complete."""
+    new key means every earlier window is complete. A float key is the time the window
+    starts (where a resumed attempt goes on); other keys only tell windows apart."""
 
-    path: Path | None
-    key: str = ""
-    resume: Resume | None = None
     SYNC_S = 1.0
-    fd: int | None = None
-    synced: float = 0.0
-    lines: int = 0
-    size: int = 0
-    window: object = None
-    last_end: float = 0.0
-    language: tuple[str | None, float | None] = (None, None)
-    complete: tuple[int, int, float] = field(default=(0, 0, 0.0))
+
+    def __init__(self, path: Path | None, key: str = "", resume: Resume | None = None) -> None:
+        self.path = path
+        self.key = key
+        self.resume = resume
+        self.fd: int | None = None
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.lines = self.size = 0
+        self.window: object = None
+        self.last_end = 0.0
+        self.language: tuple[str | None, float | None] = (None, None)
+        self.complete: tuple[int, int, float] = (0, 0, 0.0)
+        self.written = 0  # segments the checkpoint on disk covers
 
     def __enter__(self) -> LiveSegments:
         if self.path is None:
@@ -125,13 +131,18 @@ class LiveSegments:
         except OSError as e:
             log.warning("cannot write live segments to %s: %s", self.path, e.strerror)
             self.fd = None
+            return self
         if self.resume:
             self.lines, self.size = len(self.resume.segments), keep
             self.last_end = self.resume.at
             self.language = (self.resume.language, self.resume.language_probability)
+            self.complete = (self.lines, self.size, self.last_end)
+            self.written = self.lines
         else:
             self._remove_checkpoint()
-        self.synced = time.monotonic()
+        self.thread = threading.Thread(target=self._syncer, name="cesard-checkpoint",
+                                       daemon=True)
+        self.thread.start()
         return self
 
     def detected(self, language: str | None, probability: float | None) -> None:
@@ -141,32 +152,43 @@ class LiveSegments:
     def add(self, segment: dict[str, Any], window: object = None) -> None:
         if self.fd is None:
             return
-        if window != self.window and self.lines:
-            self.complete = (self.lines, self.size, self.last_end)
-        self.window = window
         data = (json.dumps(segment, ensure_ascii=False) + "\n").encode()
-        try:
-            os.write(self.fd, data)
+        with self.lock:
+            if window != self.window and self.lines:
+                # Decoding goes on where this window starts when the engine says (a
+                # float), else after the last complete segment.
+                at = window if isinstance(window, float) else self.last_end
+                self.complete = (self.lines, self.size, at)
+            self.window = window
+            try:
+                os.write(self.fd, data)
+            except OSError:
+                return  # a full disk: follow sees less; the result is still written
             self.lines += 1
             self.size += len(data)
             self.last_end = float(segment.get("end") or self.last_end)
-            if time.monotonic() - self.synced >= self.SYNC_S:
+
+    def _syncer(self) -> None:
+        while not self.stopped.wait(self.SYNC_S):
+            try:
                 self._sync()
-        except OSError:
-            pass  # a full disk: follow sees less; the result is still written by the daemon
+            except OSError:
+                pass  # a full disk: no newer checkpoint; the older one still holds
 
     def _sync(self) -> None:
-        assert self.fd is not None
-        os.fsync(self.fd)
-        self.synced = time.monotonic()
-        n, size, at = self.complete
-        if n and self.path is not None:
+        with self.lock:
+            fd, (n, size, at) = self.fd, self.complete
+        if fd is None:
+            return
+        os.fsync(fd)  # the lines the checkpoint names are durable before it is
+        if n > self.written and self.path is not None:
             ck = {"schema": SCHEMA, "key": self.key, "segments": n, "bytes": size,
                   "resume_at": at, "language": self.language[0],
                   "language_probability": self.language[1]}
             tmp = self.path.parent / f".{CHECKPOINT}.tmp"
             tmp.write_text(json.dumps(ck) + "\n")
             os.replace(tmp, self.path.parent / CHECKPOINT)
+            self.written = n
 
     def _remove_checkpoint(self) -> None:
         if self.path is not None:
@@ -176,10 +198,14 @@ class LiveSegments:
                 pass
 
     def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join()
+        with self.lock:
+            fd, self.fd = self.fd, None
+        if fd is not None:
             try:
-                os.fsync(self.fd)
+                os.fsync(fd)
             except OSError:
                 pass
-            os.close(self.fd)
-            self.fd = None
+            os.close(fd)

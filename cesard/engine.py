@@ -267,14 +267,21 @@ class WhisperEngine:
         # the first window.
         offset = resume.at if resume is not None and 0 < resume.at < duration else 0.0
         known: tuple[str | None, float | None] | None = None
+        clip = 0.0
         if offset and resume is not None:
             language = options.language or resume.language
             known = (language, resume.language_probability if not options.language else 1.0)
             options = replace(options, language=language, initial_prompt=None)
-            samples = samples[int(round(offset * 16000)):]
+            if batched or options.vad_filter:
+                samples = samples[int(round(offset * 16000)):]  # VAD runs on the rest
+            else:
+                # Without VAD, windows start where the first attempt's next window
+                # started: decoding goes on exactly as if it had never stopped.
+                clip, offset = offset, 0.0
         try:
             out, info, worst = self._decode(model, samples, duration, options, batched,
-                                            batch_size, 1.0, progress, sink, offset, known)
+                                            batch_size, 1.0, progress, sink, offset, known,
+                                            clip)
             if worst >= LOOP_REPEATS:
                 # A repetition loop ("pour tous, pour tous, ..."): decode again,
                 # deterministically, with a repetition penalty, and keep whichever pass
@@ -282,7 +289,7 @@ class WhisperEngine:
                 again, info2, worst2 = self._decode(model, samples, duration, options,
                                                     batched, batch_size,
                                                     LOOP_REPETITION_PENALTY, progress,
-                                                    None, offset)
+                                                    None, offset, None, clip)
                 decoding["loop_guard"] = {"repeats": worst, "retry_repeats": worst2,
                                           "used": "retry" if worst2 < worst else "first"}
                 if worst2 < worst:
@@ -300,7 +307,7 @@ class WhisperEngine:
                                      f"'cesarctl retry'; report it if it fails again): "
                                      f"{type(e).__name__}: {e}") from e
         progress(1.0, None)
-        if offset and resume is not None:
+        if (offset or clip) and resume is not None:
             out = resume.segments + out
         language, probability = known or (info.language, info.language_probability)
         return {
@@ -309,7 +316,7 @@ class WhisperEngine:
             "language": language,
             "language_probability": round(float(probability or 0.0), 4),
             "duration": round(duration, 3),
-            "resumed_from": round(offset, 3),
+            "resumed_from": round(offset or clip, 3),
             "engine": {"name": "faster-whisper", "version": faster_whisper.__version__,
                        "model": options.model, "compute_type": self.compute_type,
                        "device": self.device,
@@ -320,10 +327,15 @@ class WhisperEngine:
     def _decode(self, model: Any, samples: Any, duration: float, options: JobOptions,
                 batched: bool, batch_size: int, repetition_penalty: float,
                 progress: Progress, sink: Sink | None = None, offset: float = 0.0,
-                known: tuple[str | None, float | None] | None = None,
+                known: tuple[str | None, float | None] | None = None, clip: float = 0.0,
                 ) -> tuple[list[dict[str, Any]], Any, int]:
         """One deterministic pass over ``samples`` (which start ``offset`` seconds into
-        the file): segments in the file's time, info, and its longest repetition run."""
+        the file; without VAD, from ``clip`` seconds on): segments in the file's time,
+        info, and its longest repetition run.
+
+        The sink gets each segment with its window: the time the window starts, in
+        seconds of the file, where that is where decoding would go on (sequential,
+        without VAD); else an opaque key (with VAD, windows are in speech-only time)."""
         common: dict[str, Any] = dict(
             language=options.language, task=options.task, beam_size=options.beam_size,
             word_timestamps=options.word_timestamps, initial_prompt=options.initial_prompt,
@@ -334,9 +346,12 @@ class WhisperEngine:
             segments, info = BatchedInferencePipeline(model).transcribe(
                 samples, batch_size=batch_size, **common)
         else:
+            extra = {"clip_timestamps": [clip]} if clip else {}
             segments, info = model.transcribe(
                 samples, vad_filter=options.vad_filter,
-                condition_on_previous_text=DECODING["condition_on_previous_text"], **common)
+                condition_on_previous_text=DECODING["condition_on_previous_text"], **common,
+                **extra)
+        exact = not batched and not options.vad_filter
         if sink is not None:
             sink.detected(*(known or (info.language, info.language_probability)))
         out = []
@@ -351,8 +366,8 @@ class WhisperEngine:
             out.append({"start": round(seg.start + offset, 3),
                         "end": round(seg.end + offset, 3),
                         "text": seg.text.strip(), "words": words})
-            if sink is not None:
-                sink.add(out[-1], seg.seek)  # segments of one window share its seek
+            if sink is not None:  # the segments of one window share its seek
+                sink.add(out[-1], seg.seek / 100.0 if exact else ("window", seg.seek))
             worst = max(worst, repeats(seg.text))
             progress(min(1.0, (seg.end + offset) / duration), None)
         return out, info, worst

@@ -100,3 +100,54 @@ def test_a_checkpoint_is_used_only_for_its_own_audio_and_options(tmp_path: Path)
     assert checkpoint.load(tmp_path, checkpoint.key("b" * 64, "fake", opts)) is None
     (tmp_path / "segments.jsonl").write_bytes(seg[:10])  # cut short: start over
     assert checkpoint.load(tmp_path, want) is None
+
+
+def long_speech(path: Path, seconds: float) -> Path:
+    """The English fixtures one after another, a second of silence between, to ``seconds``."""
+    import wave
+
+    from helpers import FIXTURES
+
+    clips = []
+    for name in ("hello", "weather", "numbers"):
+        with wave.open(str(FIXTURES / f"{name}.wav")) as w:
+            clips.append(w.readframes(w.getnframes()))
+    silence = b"\0\0" * 16000
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        total, i = 0, 0
+        while total < seconds * 32000:
+            data = clips[i % len(clips)] + silence
+            out.writeframes(data)
+            total, i = total + len(data), i + 1
+    return path
+
+
+def test_real_whisper_resumes_without_gap_or_duplicate(make_daemon: Callable[..., Daemon],
+                                                       tmp_path: Path) -> None:
+    """Without VAD the resumed attempt decodes the windows the first one would have: its
+    segments after the seam are the uninterrupted run's, none lost, none twice."""
+    audio = long_speech(tmp_path / "long.wav", 150)
+    d = make_daemon(engine="faster-whisper", workers=1)
+    d.start(wait_ready=False)
+    d.wait_ready(120)
+    full = d.wait_result(d.ctl("submit", str(audio), "--no-vad",
+                               check=True).stdout.strip(), 120)
+    job = d.ctl("submit", str(audio), "--no-vad", check=True).stdout.strip()
+    ck_path = d.spool / "processing" / job / "checkpoint.json"
+    wait_until(ck_path.exists, 120, "a checkpoint")
+    d.kill_all()
+    ck = json.loads(ck_path.read_text())
+    d.start(wait_ready=False)
+    r = d.wait_result(job, 120)
+    assert r["status"] == "done" and r["attempts"] == 2
+    assert r["resumed_from"] == ck["resume_at"] > 0
+    assert r["language"] == "en" and r["duration"] == full["duration"]
+    assert f"job={job} resumes at" in d.log()
+
+    def texts(segs: list) -> list[tuple[str, float]]:
+        return [(s["text"], round(s["start"], 1)) for s in segs]
+    assert texts(r["segments"]) == texts(full["segments"]), (r["text"], full["text"])
+    assert r["segments"][ck["segments"]]["start"] >= ck["resume_at"] - 0.01
