@@ -8,10 +8,12 @@ Two files in the job's directory, written by the worker only:
     (``cesarctl follow`` reads it) and fsynced at most every second.
 
 ``checkpoint.json``
-    ``{"schema", "key", "segments", "bytes", "resume_at", "language",
+    ``{"schema", "key", "segments", "bytes", "resume_at", "speech_at", "language",
     "language_probability"}``: the first ``segments`` lines (``bytes`` bytes) of
     ``segments.jsonl`` are complete and durable, and decoding may go on from
-    ``resume_at`` seconds (the end of the last of them). A window is complete when
+    ``resume_at`` seconds of the file (where the next decoding window starts, or the end
+    of the last kept segment); with VAD, ``speech_at`` is where the next window starts
+    in the speech-only audio (so a resumed attempt cuts the same windows). A window is complete when
     the engine yields a segment of the next one. Once a second, a thread fsyncs
     ``segments.jsonl`` and, when more windows are complete than the checkpoint says,
     replaces ``checkpoint.json`` by rename (the decoding thread only appends: a batched
@@ -66,6 +68,7 @@ class Resume:
     language: str | None
     language_probability: float | None
     bytes: int
+    speech_at: float | None = None
 
 
 def load(job_dir: Path, want: str) -> Resume | None:
@@ -91,8 +94,10 @@ def load(job_dir: Path, want: str) -> Resume | None:
         return None
     lang = ck.get("language")
     prob = ck.get("language_probability")
+    speech_at = ck.get("speech_at")
     return Resume(at, segments, lang if isinstance(lang, str) else None,
-                  float(prob) if isinstance(prob, (int, float)) else None, size)
+                  float(prob) if isinstance(prob, (int, float)) else None, size,
+                  float(speech_at) if isinstance(speech_at, (int, float)) else None)
 
 
 class LiveSegments:
@@ -100,7 +105,8 @@ class LiveSegments:
 
     :meth:`add` takes each segment with the key of the decoding window it came from; a
     new key means every earlier window is complete. A float key is the time the window
-    starts (where a resumed attempt goes on); other keys only tell windows apart."""
+    starts (where a resumed attempt goes on); ``("speech", T)`` its start in the
+    speech-only audio VAD made; other keys only tell windows apart."""
 
     SYNC_S = 1.0
 
@@ -116,7 +122,7 @@ class LiveSegments:
         self.window: object = None
         self.last_end = 0.0
         self.language: tuple[str | None, float | None] = (None, None)
-        self.complete: tuple[int, int, float] = (0, 0, 0.0)
+        self.complete: tuple[int, int, float, float | None] = (0, 0, 0.0, None)
         self.written = 0  # segments the checkpoint on disk covers
 
     def __enter__(self) -> LiveSegments:
@@ -136,7 +142,7 @@ class LiveSegments:
             self.lines, self.size = len(self.resume.segments), keep
             self.last_end = self.resume.at
             self.language = (self.resume.language, self.resume.language_probability)
-            self.complete = (self.lines, self.size, self.last_end)
+            self.complete = (self.lines, self.size, self.last_end, self.resume.speech_at)
             self.written = self.lines
         else:
             self._remove_checkpoint()
@@ -158,7 +164,9 @@ class LiveSegments:
                 # Decoding goes on where this window starts when the engine says (a
                 # float), else after the last complete segment.
                 at = window if isinstance(window, float) else self.last_end
-                self.complete = (self.lines, self.size, at)
+                speech = (float(window[1]) if isinstance(window, tuple) and window[0] == "speech"
+                          else None)
+                self.complete = (self.lines, self.size, at, speech)
             self.window = window
             try:
                 os.write(self.fd, data)
@@ -167,6 +175,12 @@ class LiveSegments:
             self.lines += 1
             self.size += len(data)
             self.last_end = float(segment.get("end") or self.last_end)
+
+    def add_complete(self) -> None:
+        """Every segment added so far is complete (the engine finished a batch)."""
+        with self.lock:
+            if self.lines:
+                self.complete = (self.lines, self.size, self.last_end, None)
 
     def _syncer(self) -> None:
         while not self.stopped.wait(self.SYNC_S):
@@ -177,13 +191,13 @@ class LiveSegments:
 
     def _sync(self) -> None:
         with self.lock:
-            fd, (n, size, at) = self.fd, self.complete
+            fd, (n, size, at, speech) = self.fd, self.complete
         if fd is None:
             return
         os.fsync(fd)  # the lines the checkpoint names are durable before it is
         if n > self.written and self.path is not None:
             ck = {"schema": SCHEMA, "key": self.key, "segments": n, "bytes": size,
-                  "resume_at": at, "language": self.language[0],
+                  "resume_at": at, "speech_at": speech, "language": self.language[0],
                   "language_probability": self.language[1]}
             tmp = self.path.parent / f".{CHECKPOINT}.tmp"
             tmp.write_text(json.dumps(ck) + "\n")

@@ -628,11 +628,19 @@ def cmd_follow(args: argparse.Namespace) -> int:
     ino = INotify()
     wd = -1
     warned = False
+    missing_since: float | None = None
     try:
         while True:
             found = spool.locate(args.id)
             if found is None:
-                raise CtlError(f"job {args.id} left the spool (pruned?)", EX_NOINPUT)
+                # Between two renames (recovery passes through processing/ID~rTOKEN) a
+                # job is briefly under no name of its own; gone for 2 s means gone.
+                missing_since = missing_since or time.monotonic()
+                if time.monotonic() - missing_since > 2.0:
+                    raise CtlError(f"job {args.id} left the spool (pruned?)", EX_NOINPUT)
+                time.sleep(0.05)
+                continue
+            missing_since = None
             state, path = found
             if path != watched:
                 if wd >= 0:

@@ -85,7 +85,13 @@ def test_install_submit_upgrade_remove_purge(debs: Path) -> None:
         # Upgrade while a job runs: the restart requeues it, the new version finishes it once.
         # A fake-engine job that sleeps makes "while it runs" certain; dpkg --unpack then
         # --configure is what apt does, split so that the job starts in between.
-        c.put("/etc/cesar/cesard.yaml", "engine: fake\nworkers: 1\nshutdown_grace: 2\n")
+        # Hooks from the package run as cesar inside the unit's sandbox: one writes its
+        # user into the job's directory, one may not write outside the spool.
+        c.put("/etc/cesar/cesard.yaml", "engine: fake\nworkers: 1\nshutdown_grace: 2\n"
+              "hooks:\n  done:\n"
+              "    - [/usr/lib/cesar/hooks/postprocess, --output, who.txt, --, /usr/bin/id,"
+              " -un]\n"
+              "    - [/usr/lib/cesar/hooks/copy-to, /etc/cesar-archive]\n")
         c.systemctl("restart", "cesard.service")
         c.put("/tmp/long.wav", "#cesard-fake\nsleep: 20\ntext: survived the upgrade\n")
         r = c.run("dpkg --unpack /debs/cesard_2.deb", check=False)
@@ -103,7 +109,16 @@ def test_install_submit_upgrade_remove_purge(debs: Path) -> None:
         assert r.returncode == 0, (r.stdout, r.stderr, c.journal("cesard.service"))
         res = json.loads(c.run(f"cat /var/spool/cesar/done/{job}/result.json").stdout)
         assert res["status"] == "done" and res["text"] == "survived the upgrade"
+        deadline = time.monotonic() + 60
+        while any(h["state"] == "pending" for h in res["hooks"]):
+            assert time.monotonic() < deadline, (res, c.journal("cesard.service"))
+            time.sleep(0.5)
+            res = json.loads(c.run(f"cat /var/spool/cesar/done/{job}/result.json").stdout)
+        assert [h["exit"] for h in res["hooks"]] == [0, 1], res["hooks"]
+        who = c.run(f"runuser -u alice -- cat /var/spool/cesar/done/{job}/who.txt")
+        assert who.stdout.strip() == "cesar"
         log = c.journal("cesard.service")
+        assert "Read-only file system" in log, log
         assert f"job={job} returned to incoming/" in log, log
         assert log.count(f"job={job} done") == 1, log
 
