@@ -116,6 +116,7 @@ class LiveSegments:
         self.resume = resume
         self.fd: int | None = None
         self.lock = threading.Lock()
+        self.sync_lock = threading.Lock()
         self.stopped = threading.Event()
         self.thread: threading.Thread | None = None
         self.lines = self.size = 0
@@ -177,10 +178,16 @@ class LiveSegments:
             self.last_end = float(segment.get("end") or self.last_end)
 
     def add_complete(self) -> None:
-        """Every segment added so far is complete (the engine finished a batch)."""
+        """Every segment added so far is complete (the engine finished a batch): the
+        checkpoint is written now, not at the next tick (a batch is many windows)."""
         with self.lock:
-            if self.lines:
-                self.complete = (self.lines, self.size, self.last_end, None)
+            if not self.lines:
+                return
+            self.complete = (self.lines, self.size, self.last_end, None)
+        try:
+            self._sync()
+        except OSError:
+            pass
 
     def _syncer(self) -> None:
         while not self.stopped.wait(self.SYNC_S):
@@ -190,6 +197,10 @@ class LiveSegments:
                 pass  # a full disk: no newer checkpoint; the older one still holds
 
     def _sync(self) -> None:
+        with self.sync_lock:  # the checkpoint thread, or the decoding one at a batch's end
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
         with self.lock:
             fd, (n, size, at, speech) = self.fd, self.complete
         if fd is None:

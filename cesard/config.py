@@ -72,7 +72,7 @@ class Config:
     lease_seconds: float = 60.0
     max_file_bytes: int = 2 * 1024**3
     max_audio_seconds: float = 6 * 3600.0
-    batch_size: int = 0  # batched decoding of long audio; 0: 8 on the CPU, 16 on a GPU
+    batch_size: int = 0  # batched decoding of long audio; 0: 4 on the CPU, 16 on a GPU
     batch_min_seconds: float = 300.0  # audio at least this long is decoded in batches; 0: never
     max_jobs_per_worker: int = 0  # 0: never recycle
     worker_memory_limit: int = 0  # bytes of address space per worker; 0: no limit

@@ -72,6 +72,7 @@ class Run:
     buf: bytearray = field(default_factory=bytearray)
     lines: int = 0
     eof: bool = False
+    exited: float = 0.0
 
     @property
     def entry(self) -> dict[str, Any]:
@@ -133,9 +134,14 @@ class Hooks:
     def step(self, now: float) -> None:
         for r in list(self.running):
             self._read(r)
-            if r.proc is not None and r.proc.poll() is not None and r.eof:
-                self._ended(r, now, killed=False)
-            elif now >= r.deadline:
+            if r.proc is not None and r.proc.poll() is not None:
+                # Exited; its output ends at EOF, or a second later when something it
+                # left running in the background still holds the pipe.
+                r.exited = r.exited or now
+                if r.eof or now - r.exited >= 1.0:
+                    self._ended(r, now, killed=False)
+                    continue
+            if now >= r.deadline:
                 log.warning("job=%s hook=%s still running after %g s (hook_timeout); killed",
                             r.job.job_id, r.entry["name"], self.timeout)
                 self._kill(r)

@@ -97,7 +97,9 @@ class Worker:
             if duration is not None:
                 self.send({"op": "progress", "id": job_id, "fraction": round(fraction, 4),
                            "duration": duration})
-            elif fraction >= 1.0 or t - last[0] >= 0.5:
+            elif fraction >= 1.0 or t - last[0] >= 0.5 or fraction - last[1] >= 0.02:
+                # (a batched engine yields a batch's segments at once, then computes: the
+                # last of them must not be dropped by the half-second rate limit)
                 last[0], last[1] = t, fraction
                 self.send({"op": "progress", "id": job_id, "fraction": round(fraction, 4)})
 
