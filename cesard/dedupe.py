@@ -27,11 +27,15 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cesard import checkpoint
+from cesard import checkpoint, privacy
 from cesard import job as jobmod
 from cesard.spool import RESULT, Spool, read_small
+
+if TYPE_CHECKING:
+    from cesard.pool import WorkerProc
+    from cesard.supervisor import Running, Supervisor
 
 log = logging.getLogger("cesard")
 
@@ -144,3 +148,38 @@ class Dedupe:
             if isinstance(prior, dict) and result_key(prior) == key:
                 return Match(source, prior)
         return Match(source, None)
+
+
+# --- in the supervisor's loop --------------------------------------------------------
+
+def start(sup: Supervisor, dd: Dedupe, w: WorkerProc, job: Running) -> None:
+    """Look ``job``'s audio up on the dedupe thread; ``w`` stays reserved for it meanwhile
+    and is only used when nothing matched (:func:`collect`)."""
+    w.job = job
+    owner = job.meta.owner
+    sees_all = privacy.sees_all(owner, sup.cfg.privacy, sup.cfg.admin_group)
+    job.hashing = dd.check(job.path / job.audio, job.options, owner, sees_all)
+    job.hashing.add_done_callback(lambda _f: sup.wake())
+
+
+def collect(sup: Supervisor, now: float) -> None:
+    """Finish the jobs whose lookup found a result; send the others to their worker."""
+    for w in list(sup.workers):
+        job = w.job
+        if job is None or job.hashing is None or not job.hashing.done():
+            continue
+        future, job.hashing = job.hashing, None
+        w.job = None
+        try:
+            match = future.result()
+        except Exception:  # noqa: BLE001 - a lookup bug (or dedupe turned off) transcribes
+            log.exception("job=%s dedupe lookup failed; transcribing it", job.id)
+            match = Match(None, None)
+        if match.prior is not None and match.source is not None:
+            sup._finish(job, "done", match.source, transcript_of(match.prior), None, now,
+                        deduplicated_from=str(match.prior["id"]))
+        elif sup.stopping:
+            sup._requeue(job, "shutting down")
+        else:
+            sup._send(w, job, now)
+

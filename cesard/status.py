@@ -61,6 +61,7 @@ def snapshot(sup: Supervisor, now: float) -> dict[str, Any]:
                   "deferred": len(sup.deferred), "done": sup.on_disk["done"],
                   "failed": sup.on_disk["failed"]},
         "oldest_queued_age_s": oldest_age,
+        "indexing": sup.indexing is not None,  # the start-up listing of the queue goes on
         "finished_since_start": dict(sup.metrics.finished),
         "disk_full": bool(sup.disk_full_logged),
         "queue_capacity": sup.cfg.queue_capacity,

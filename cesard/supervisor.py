@@ -20,13 +20,14 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cesard import config as configmod
-from cesard import dedupe, devices, hooks, limits, models, outputs, pool, privacy, status
+from cesard import dedupe, devices, hooks, limits, models, outputs, pool, status
 from cesard import job as jobmod
 from cesard.control import Control
 from cesard.index import Pending, QueueIndex
@@ -122,6 +123,8 @@ class Supervisor:
         # incoming/ entries the daemon may not take, by name → st_ctime_ns when refused;
         # a chmod (IN_ATTRIB) or any other change of ctime brings them back.
         self.blocked: dict[str, int] = {}
+        self.indexing: Iterator[str] | None = None  # the start-up listing, until indexed
+        self.indexing_since = 0.0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -185,13 +188,32 @@ class Supervisor:
             log.info("removed %s from tmp/: an unpublished build older than a day",
                      jobmod.display_name(name))
         self.watcher = Watcher(self.spool.root, self.cfg.watch)
-        self.rescan(now)
+        # incoming/ is indexed a slice per loop step (_index_step): READY does not wait
+        # for a long queue; claims do, so the order still holds.
+        self.indexing = self.spool.scan("incoming")
+        self.indexing_since = time.monotonic()
+        self._scan_deferred(now)
         self.next_rescan = now + self._rescan_interval()
         self.control.scan(now)
         self._count_finished()
-        log.info("started: spool %s, engine %s, %d worker(s), %d job(s) queued, watch %s",
-                 self.spool.root, self.cfg.engine, len(self.workers), len(self.index),
+        log.info("started: spool %s, engine %s, %d worker(s), watch %s", self.spool.root,
+                 self.cfg.engine, len(self.workers),
                  "poll" if self.watcher.polling else "inotify")
+
+    def _index_step(self, now: float, budget: float = 0.05) -> None:
+        """Index the next names of the start-up listing of incoming/, for ``budget`` s."""
+        if self.indexing is None:
+            return
+        deadline = time.monotonic() + budget
+        for i, name in enumerate(self.indexing):
+            if name not in self.index and name not in self.index.pending:
+                self._index_name(name, now, settled=False)
+            if i % 128 == 127 and time.monotonic() >= deadline:
+                return
+        self.indexing = None
+        self.status_dirty = True
+        log.info("indexed %d queued job(s) in %.1f s", len(self.index) + len(self.index.pending),
+                 time.monotonic() - self.indexing_since)
 
     def recover(self, now: float, startup: bool = False) -> None:
         """Return orphaned claims to incoming/ (I4). Only this method recovers."""
@@ -430,13 +452,16 @@ class Supervisor:
         known = self.index.names()
         for name in names - known:
             self._index_name(name, now, settled=False)
+        self._scan_deferred(now)
+        self.status_dirty = True
+
+    def _scan_deferred(self, now: float) -> None:
         deferred = set(self.spool.scan("deferred"))
         for name in deferred - set(self.deferred):
             due = self.spool.due(name, now)
             self.deferred[name] = now if due is None else due
         for gone in set(self.deferred) - deferred:
             del self.deferred[gone]
-        self.status_dirty = True
 
     def _on_events(self, now: float) -> None:
         if self.watcher is None:
@@ -478,7 +503,7 @@ class Supervisor:
 
     def dispatch(self, now: float) -> None:
         """Claim jobs for idle workers, in queue order."""
-        if self.stopping or now < self.disk_full_until:
+        if self.stopping or now < self.disk_full_until or self.indexing is not None:
             return
         while True:
             idle = self._idle_workers()
@@ -513,45 +538,18 @@ class Supervisor:
             self._start_job(self._pick(idle, job), job, now)
 
     def _start_job(self, w: WorkerProc, job: Running, now: float) -> None:
-        """Give ``job`` to ``w``; with dedupe, look its audio up first (the worker stays
-        reserved for it meanwhile, and is only used when nothing matched)."""
+        """Give ``job`` to ``w``; with dedupe, look its audio up first (dedupe.py)."""
         if self.dedupe is None:
             self._send(w, job, now)
-            return
-        w.job = job
-        owner = job.meta.owner
-        sees_all = privacy.sees_all(owner, self.cfg.privacy, self.cfg.admin_group)
-        job.hashing = self.dedupe.check(job.path / job.audio, job.options, owner, sees_all)
-        job.hashing.add_done_callback(lambda _f: self._wake())
+        else:
+            dedupe.start(self, self.dedupe, w, job)
 
-    def _wake(self) -> None:
-        """Wake the loop from another thread (the dedupe lookup finished)."""
+    def wake(self) -> None:
+        """Wake the loop from another thread (a dedupe lookup finished)."""
         try:
             os.write(self._wake_w, b"d")
         except OSError:
             pass  # the pipe is full: the loop wakes anyway
-
-    def _check_hashing(self, now: float) -> None:
-        for w in list(self.workers):
-            job = w.job
-            if job is None or job.hashing is None or not job.hashing.done():
-                continue
-            future, job.hashing = job.hashing, None
-            try:
-                match = future.result()
-            except Exception:  # noqa: BLE001 - a lookup bug transcribes the job
-                log.exception("job=%s dedupe lookup failed; transcribing it", job.id)
-                match = dedupe.Match(None, None)
-            if match.prior is None or match.source is None:
-                w.job = None
-                if self.stopping:
-                    self._requeue(job, "shutting down")
-                else:
-                    self._send(w, job, now)
-                continue
-            w.job = None
-            self._finish(job, "done", match.source, dedupe.transcript_of(match.prior), None,
-                         now, deduplicated_from=str(match.prior["id"]))
 
     def _pick(self, idle: list[WorkerProc], job: Running) -> WorkerProc:
         """An idle worker that holds the job's model already, else the first idle one."""
@@ -746,7 +744,7 @@ class Supervisor:
         return self.cfg.poll_interval if polling else self.cfg.rescan_interval
 
     def _timers(self, now: float) -> None:
-        if now >= self.next_rescan:
+        if now >= self.next_rescan and self.indexing is None:
             self.next_rescan = now + self._rescan_interval()
             self.rescan(now)
             self.control.scan(now)
@@ -833,7 +831,8 @@ class Supervisor:
         self._on_events(now)
         self._timers(now)
         self.hooks.step(now)
-        self._check_hashing(now)
+        dedupe.collect(self, now)
+        self._index_step(now)
         if not self.ready_sent and self.workers and all(w.ready for w in self.workers):
             self.ready_sent = True
             self.status_dirty = True  # status.json says "running" now, not in 5 s
@@ -852,7 +851,8 @@ class Supervisor:
         self.notify.watchdog(now)
 
     def _drained(self) -> bool:
-        return (not len(self.index) and not self.index.pending and not self.deferred
+        return (self.indexing is None and not len(self.index) and not self.index.pending
+                and not self.deferred
                 and not self._busy() and self.held is None and not self.hooks.busy)
 
     def _stop_step(self, now: float) -> None:
@@ -884,6 +884,8 @@ class Supervisor:
             timeout = min(timeout, self.notify.watchdog_interval / 4)
         if self.stopping:
             timeout = min(timeout, max(0.0, self.stop_deadline - now))
+        if self.indexing is not None:
+            timeout = 0.0  # the start-up listing goes on at once
         fds = [self._wake_r] + [w.reply_fd for w in self.workers] + self.hooks.fds()
         if self.watcher is not None and self.watcher.fileno() is not None:
             fds.append(self.watcher.fileno())  # type: ignore[arg-type]

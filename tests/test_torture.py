@@ -204,6 +204,18 @@ def test_kill9_repeatedly_nothing_lost_nothing_twice(make_daemon: Callable[..., 
 
 # --- 3. SIGTERM, repeatedly ---------------------------------------------------------
 
+def long_job_running(spool: Path) -> bool:
+    """A claimed job whose fake script sleeps 0.8 s (longer than the test's grace)."""
+    for job in os.listdir(spool / "processing"):
+        try:
+            for f in (spool / "processing" / job).iterdir():
+                if f.suffix == ".wav" and b"sleep: 0.8" in f.read_bytes():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def test_sigterm_repeatedly_requeues_without_counting(
         make_daemon: Callable[..., Daemon]) -> None:
     n_jobs, stops = (200, 25) if TORTURE else (50, 5)
@@ -216,8 +228,11 @@ def test_sigterm_repeatedly_requeues_without_counting(
         d.log_path = d.tmp / f"cesard.{cycle}.log"
         d.start()
         target = count_in(d.spool, "done") + rnd.randint(0, max(1, n_jobs // (2 * stops)))
-        wait_until(lambda t=target: count_in(d.spool, "done") >= t  # type: ignore[misc]
-                   and os.listdir(d.spool / "processing"), 60, "jobs done and one running",
+        # The first stop waits for a job longer than the grace, so that at least one
+        # SIGTERM surely requeues a running job.
+        wait_until(lambda t=target, c=cycle: count_in(d.spool, "done") >= t  # type: ignore[misc]
+                   and os.listdir(d.spool / "processing")
+                   and (c > 0 or long_job_running(d.spool)), 60, "jobs done and one running",
                    interval=0.005)
         d.signal(signal.SIGTERM)
         assert d.wait_exit(30) == 0, d.log()
