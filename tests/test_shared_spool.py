@@ -91,12 +91,14 @@ def test_other_host_reclaims_only_after_the_lease(make_daemon: Callable[..., Dae
     a = on_spool(make_daemon, spool, "a", lease_seconds=lease)
     b = on_spool(make_daemon, spool, "b", lease_seconds=lease)
     a.start(env={"CESAR_HOST_ID": "hosta"})
-    job = a.submit_bytes("long.wav", fake_script(sleep=2, text="finished by b"))
+    # Long enough to be still running on a when a is killed (after b starts and a
+    # heartbeats once), short enough for b to finish it within the wait below.
+    job = a.submit_bytes("long.wav", fake_script(sleep=5, text="finished by b"))
     wait_until(lambda: (lease_of(spool, job) or {}).get("host") == "hosta", 10, "a's claim")
     b.start(env={"CESAR_HOST_ID": "hostb"})  # b's start-up recovery must leave it alone
     # Let a heartbeat once, so the lease is a refreshed one, then kill a.
     first = (lease_of(spool, job) or {}).get("heartbeat")
-    wait_until(lambda: (lease_of(spool, job) or {}).get("heartbeat") != first, 10,
+    wait_until(lambda: (lease_of(spool, job) or {}).get("heartbeat") not in (None, first), 10,
                "a heartbeat")
     a.kill_all()
     killed = time.monotonic()
