@@ -13,11 +13,11 @@ Two files in the job's directory, written by the worker only:
     ``segments.jsonl`` are complete and durable, and decoding may go on from
     ``resume_at`` seconds of the file (where the next decoding window starts, or the end
     of the last kept segment); with VAD, ``speech_at`` is where the next window starts
-    in the speech-only audio (so a resumed attempt cuts the same windows). A window is complete when
-    the engine yields a segment of the next one. Once a second, a thread fsyncs
-    ``segments.jsonl`` and, when more windows are complete than the checkpoint says,
-    replaces ``checkpoint.json`` by rename (the decoding thread only appends: a batched
-    engine yields a whole batch at once, then computes the next for a long while).
+    in the speech-only audio (so a resumed attempt cuts the same windows). A window is
+    complete when the engine yields a segment of the next one, or says a batch ended.
+    Once a second, a thread fsyncs ``segments.jsonl`` and, when more windows are complete
+    than the checkpoint says, replaces ``checkpoint.json`` by rename (the decoding thread
+    only appends; at the end of a batch it writes the checkpoint at once).
 
 A new attempt of the job (after kill -9, a SIGTERM requeue, a timeout or a worker crash;
 the spool keeps both files when it requeues, defers or recovers a job) resumes when

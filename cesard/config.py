@@ -102,6 +102,16 @@ class Config:
     def named_hooks(self) -> dict[str, list[str]]:
         return dict(self.hooks.get("named") or {})
 
+    def check_then(self, options: jobmod.JobOptions) -> None:
+        """InvalidOption naming the first hook ``options.then`` asks for that is not under
+        ``hooks.named`` (cesarctl, the daemon and ``defaults`` say the same)."""
+        unknown = [n for n in options.then if n not in self.named_hooks]
+        if unknown:
+            raise jobmod.InvalidOption(
+                f"option 'then': hook {unknown[0]!r} is not configured (configured: "
+                f"{', '.join(self.named_hooks) or 'none'}); an administrator adds it under "
+                "'hooks.named' in the configuration, or submit without it")
+
     def job_defaults(self) -> jobmod.JobOptions:
         return jobmod.parse_options(self.defaults, where=f"{self.source}: key 'defaults'")
 
@@ -261,10 +271,10 @@ def parse(raw: Any, source: str) -> Config:
         cfg.job_defaults()
     except jobmod.InvalidOption as e:
         raise ConfigError(str(e)) from e
-    unknown = [n for n in cfg.job_defaults().then if n not in cfg.named_hooks]
-    if unknown:
-        raise ConfigError(f"{source}: key 'defaults': option 'then': hook {unknown[0]!r} is not "
-                          "under 'hooks.named'")
+    try:
+        cfg.check_then(cfg.job_defaults())
+    except jobmod.InvalidOption as e:
+        raise ConfigError(f"{source}: key 'defaults': {e}") from e
     if cfg.job_defaults().model not in cfg.model_dirs and cfg.engine == "faster-whisper":
         raise ConfigError(f"{source}: key 'defaults': model {cfg.job_defaults().model!r} is not "
                           f"in 'models' (configured: {', '.join(cfg.model_dirs) or 'none'})")

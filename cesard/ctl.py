@@ -205,12 +205,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         options = jobmod.parse_options(opts, cfg.job_defaults(), where="command line")
         check_model(cfg, options)
-        unknown = [n for n in options.then if n not in cfg.named_hooks]
-        if unknown:
-            raise jobmod.InvalidOption(
-                f"option 'then': hook {unknown[0]!r} is not configured in {cfg.source} "
-                f"(configured: {', '.join(cfg.named_hooks) or 'none'}); an administrator "
-                "adds it under 'hooks.named'")
+        cfg.check_then(options)
     except jobmod.InvalidOption as e:
         raise CtlError(as_flags(str(e)), EX_USAGE) from e
     files = [Path(f) for f in args.files]

@@ -18,11 +18,8 @@ reused, and no worker time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from cesard import checkpoint, privacy
 from cesard import job as jobmod
-from cesard.spool import RESULT, Spool, read_small
+from cesard.spool import RESULT, Spool, file_sha256, read_small
 
 if TYPE_CHECKING:
     from cesard.pool import WorkerProc
@@ -71,19 +68,11 @@ def transcript_of(prior: dict[str, Any]) -> dict[str, Any]:
 
 def _hash(path: Path) -> dict[str, Any] | None:
     """``source`` for a regular, singly linked file (opened without following links)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    hashed = file_sha256(path)
+    if hashed is None or hashed[1].st_nlink > 1:
         return None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
-            return None
-        h = hashlib.sha256()
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
     return {"name": jobmod.display_name(path.name), "type": "regular file",
-            "bytes": st.st_size, "sha256": h.hexdigest()}
+            "bytes": hashed[1].st_size, "sha256": hashed[0]}
 
 
 class Dedupe:

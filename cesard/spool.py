@@ -616,7 +616,8 @@ class Spool:
         regular = stat.S_ISREG(st.st_mode)
         digest = None
         if regular and st.st_nlink == 1 and (not hash_limit or st.st_size <= hash_limit):
-            digest = _sha256(base / name)
+            hashed = file_sha256(base / name)
+            digest = hashed[0] if hashed else None
         return {"name": jobmod.display_name(name),
                 "type": "regular file" if regular else _kind(st.st_mode),
                 "bytes": st.st_size if regular else None, "sha256": digest}
@@ -874,19 +875,21 @@ def _remove_tree(path: Path) -> None:
             pass
 
 
-def _sha256(path: Path) -> str | None:
-    """sha256 of a regular file, opened without following links; None if unreadable."""
+def file_sha256(path: Path) -> tuple[str, os.stat_result] | None:
+    """sha256 and fstat of a regular file, opened without following links or blocking;
+    None if it is unreadable or not a regular file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     h = hashlib.sha256()
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
             return None
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    return h.hexdigest(), st
 
 
 def _kind(mode: int) -> str:

@@ -599,13 +599,8 @@ class Supervisor:
                     f"{c.id}/job.json: model {options.model!r} is not configured (configured: "
                     f"{', '.join(self.cfg.model_dirs)}); pick one of those or add it under "
                     "'models' in the configuration")
-            unknown = [n for n in options.then if n not in self.cfg.named_hooks]
-            if unknown:
-                raise jobmod.InvalidOption(
-                    f"{c.id}/job.json: option 'then': hook {unknown[0]!r} is not configured "
-                    f"(configured: {', '.join(self.cfg.named_hooks) or 'none'}); ask the "
-                    "administrator to add it under 'hooks.named', or submit without it")
             try:
+                self.cfg.check_then(options)
                 jobmod.check_language(options, options.model in self.english_only)
             except jobmod.InvalidOption as e:
                 raise jobmod.InvalidOption(f"{c.id}/job.json: {e}") from None
