@@ -234,3 +234,22 @@ class LiveSegments:
             except OSError:
                 pass
             os.close(fd)
+
+
+def write_all(path: Path, segments: list[dict[str, Any]]) -> None:
+    """``segments.jsonl`` of a job decoded in a shared batch, written whole when it is done
+    (its segments come at once); any earlier attempt's checkpoint goes."""
+    try:
+        (path.parent / CHECKPOINT).unlink()
+    except OSError:
+        pass
+    data = b"".join((json.dumps(s, ensure_ascii=False) + "\n").encode() for s in segments)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o640)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        log.warning("cannot write the segments to %s: %s", path, e.strerror)

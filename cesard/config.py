@@ -74,6 +74,8 @@ class Config:
     max_audio_seconds: float = 6 * 3600.0
     batch_size: int = 0  # batched decoding of long audio; 0: 4 on the CPU, 16 on a GPU
     batch_min_seconds: float = 300.0  # audio at least this long is decoded in batches; 0: never
+    batch_max_seconds: float = 30.0  # jobs up to this long are batched across jobs; 0: never
+    batch_wait_ms: int = 0  # how long a short batch may wait for more jobs
     max_jobs_per_worker: int = 0  # 0: never recycle
     worker_memory_limit: int = 0  # bytes of address space per worker; 0: no limit
     queue_capacity: int = 1000
@@ -226,6 +228,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "max_audio_seconds": _num(0),
     "batch_size": _num(0, 256, integer=True),
     "batch_min_seconds": _num(0),
+    "batch_max_seconds": _num(0, 30),
+    "batch_wait_ms": _num(0, 60000, integer=True),
     "max_jobs_per_worker": _num(0, integer=True),
     "worker_memory_limit": _num(0, integer=True),
     "queue_capacity": _num(1, integer=True),
@@ -263,6 +267,7 @@ def parse(raw: Any, source: str) -> Config:
     values = dict(raw)
     for key in ("poll_interval", "rescan_interval", "settle_seconds", "shutdown_grace",
                 "job_timeout", "lease_seconds", "max_audio_seconds", "batch_min_seconds",
+                "batch_max_seconds",
                 "hook_timeout"):
         if key in values:
             values[key] = float(values[key])

@@ -173,11 +173,14 @@ class Control:
     def _cancel(self, job_id: str, sender: int, now: float) -> str:
         sup = self.sup
         for w in sup.workers:
-            if w.job is not None and w.job.id == job_id:
-                job = w.job
+            if job_id in w.jobs:
+                job = w.jobs[job_id]
                 self._authorize(job_id, job.meta.owner, sender, "cancel")
-                w.job = None
-                sup._kill_worker(w)
+                del w.jobs[job_id]
+                if not w.jobs:
+                    sup._kill_worker(w)  # it was the worker's only job: stop the work now
+                # else its batch goes on for the others; what the worker still says of
+                # this job is ignored
                 sup._finish(job, "cancelled", None, None,
                             jobmod.Cancelled("cancelled by request while running"), now)
                 return "cancelled while running"

@@ -141,34 +141,44 @@ class Dedupe:
 
 # --- in the supervisor's loop --------------------------------------------------------
 
-def start(sup: Supervisor, dd: Dedupe, w: WorkerProc, job: Running) -> None:
-    """Look ``job``'s audio up on the dedupe thread; ``w`` stays reserved for it meanwhile
-    and is only used when nothing matched (:func:`collect`)."""
-    w.job = job
-    owner = job.meta.owner
-    sees_all = privacy.sees_all(owner, sup.cfg.privacy, sup.cfg.admin_group)
-    job.hashing = dd.check(job.path / job.audio, job.options, owner, sees_all)
-    job.hashing.add_done_callback(lambda _f: sup.wake())
+def start(sup: Supervisor, dd: Dedupe, w: WorkerProc, jobs: list[Running],
+          batched: bool = False) -> None:
+    """Look the jobs' audio up on the dedupe thread; ``w`` stays reserved for them
+    meanwhile and gets those nothing matched (:func:`collect`)."""
+    w.batched = batched  # remembered for collect; send() sets it again
+    for job in jobs:
+        w.jobs[job.id] = job
+        owner = job.meta.owner
+        sees_all = privacy.sees_all(owner, sup.cfg.privacy, sup.cfg.admin_group)
+        job.hashing = dd.check(job.path / job.audio, job.options, owner, sees_all)
+        job.hashing.add_done_callback(lambda _f: sup.wake())
 
 
 def collect(sup: Supervisor, now: float) -> None:
-    """Finish the jobs whose lookup found a result; send the others to their worker."""
-    for w in list(sup.workers):
-        job = w.job
-        if job is None or job.hashing is None or not job.hashing.done():
-            continue
-        future, job.hashing = job.hashing, None
-        w.job = None
-        try:
-            match = future.result()
-        except Exception:  # noqa: BLE001 - a lookup bug (or dedupe turned off) transcribes
-            log.exception("job=%s dedupe lookup failed; transcribing it", job.id)
-            match = Match(None, None)
-        if match.prior is not None and match.source is not None:
-            sup._finish(job, "done", match.source, transcript_of(match.prior), None, now,
-                        deduplicated_from=str(match.prior["id"]))
-        elif sup.stopping:
-            sup._requeue(job, "shutting down")
-        else:
-            sup._send(w, job, now)
+    """Finish the jobs whose lookup found a result; send the others to their worker,
+    once every lookup of that worker's jobs is done."""
+    from cesard import dispatch
 
+    for w in list(sup.workers):
+        looked = [j for j in w.jobs.values() if j.hashing is not None]
+        if not looked or not all(j.hashing is not None and j.hashing.done() for j in looked):
+            continue
+        batched, w.jobs = w.batched, {}
+        rest = []
+        for job in looked:
+            future, job.hashing = job.hashing, None
+            assert future is not None
+            try:
+                match = future.result()
+            except Exception:  # noqa: BLE001 - a lookup bug (or dedupe off) transcribes
+                log.exception("job=%s dedupe lookup failed; transcribing it", job.id)
+                match = Match(None, None)
+            if match.prior is not None and match.source is not None:
+                sup._finish(job, "done", match.source, transcript_of(match.prior), None, now,
+                            deduplicated_from=str(match.prior["id"]))
+            elif sup.stopping:
+                sup._requeue(job, "shutting down")
+            else:
+                rest.append(job)
+        if rest:
+            dispatch.send(sup, w, rest, now, batched)

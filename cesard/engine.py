@@ -23,17 +23,20 @@ import re
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any, BinaryIO, Protocol
 
+from cesard import batch
 from cesard import job as jobmod
+from cesard.batch import Clip
 from cesard.checkpoint import Resume
 from cesard.job import JobOptions
 from cesard.models import english_only
 
 Progress = Callable[[float, float | None], None]
 Transcript = dict[str, Any]
+BatchOutcome = tuple[Clip, Transcript | None]  # None: the worker runs that job alone
 
 
 class Sink(Protocol):
@@ -68,6 +71,15 @@ class Engine(Protocol):
         """Transcribe one file; ``sink`` sees each segment as soon as it is decoded.
         With ``resume``, its segments are kept and decoding starts at ``resume.at``
         seconds; the transcript says so in ``resumed_from``."""
+
+    def prepare(self, audio: BinaryIO, name: str, options: JobOptions) -> tuple[Any, float]:
+        """A short job of a batch: check it and decode its audio; (samples, duration).
+        Raises the job's error (it fails alone)."""
+
+    def transcribe_many(self, clips: list[Clip],
+                        progress: Callable[[Clip, float], None]) -> Iterator[BatchOutcome]:
+        """Transcribe prepared clips with the same text options together; yield each
+        (clip, transcript) when complete, or (clip, None) to run it alone."""
 
 
 class Held:
@@ -129,9 +141,7 @@ class FakeEngine:
     def loaded_models(self) -> list[str]:
         return self.held.names()
 
-    def transcribe(self, audio: BinaryIO, name: str, options: JobOptions,
-                   progress: Progress, sink: Sink | None = None,
-                   resume: Resume | None = None) -> Transcript:
+    def _script(self, audio: BinaryIO, name: str, options: JobOptions) -> dict[str, str]:
         self.load(options.model)
         head = audio.read(64 * 1024)
         script: dict[str, str] = {}
@@ -141,9 +151,12 @@ class FakeEngine:
                 if sep:
                     script[key.strip()] = value.strip()
         shown = jobmod.display_name(name)
-        text = script.get("text", f"fake transcript of {shown}")
-        duration = float(script.get("duration", "1.0"))
-        check_length(shown, duration, self.max_audio_seconds)
+        script.setdefault("text", f"fake transcript of {shown}")
+        check_length(shown, float(script.get("duration", "1.0")), self.max_audio_seconds)
+        return script
+
+    @staticmethod
+    def _faults(script: dict[str, str], shown: str) -> None:
         if "alloc" in script:
             ballast = bytearray(int(script["alloc"]))  # MemoryError under worker_memory_limit
             del ballast
@@ -156,6 +169,47 @@ class FakeEngine:
             err = jobmod.JobError(f"fake failure requested by {shown}")
             err.type = re.sub(r"[^A-Za-z0-9_]", "", script["fail"]) or "FakeError"
             raise err
+
+    def prepare(self, audio: BinaryIO, name: str, options: JobOptions) -> tuple[Any, float]:
+        """The script is the audio; ``fail`` fails here, as undecodable audio would."""
+        script = self._script(audio, name, options)
+        if "fail" in script:
+            self._faults({"fail": script["fail"]}, jobmod.display_name(name))
+        script["name"] = name
+        if "segments" in script:  # several windows stand for long audio: it runs alone
+            return script, float("inf")
+        return script, float(script.get("duration", "1.0"))
+
+    def transcribe_many(self, clips: list[Clip],
+                        progress: Callable[[Clip, float], None]) -> Iterator[BatchOutcome]:
+        """Each clip's script in turn (its ``sleep``, ``crash``, ``hang``), one shared
+        batch as far as the results say (``decoding.batch_jobs``)."""
+        for clip in clips:
+            script: dict[str, str] = clip.samples
+            self._faults(script, jobmod.display_name(script["name"]))
+            total = float(script.get("sleep", "0"))
+            steps = max(1, int(total / 0.1))
+            for i in range(steps):
+                if total:
+                    time.sleep(total / steps)
+                progress(clip, (i + 1) / steps)
+            seg = {"start": 0.0, "end": clip.duration, "text": script["text"], "words": None}
+            yield clip, {
+                "text": script["text"], "language": clip.options.language or "en",
+                "language_probability": 1.0, "duration": clip.duration, "segments": [seg],
+                "resumed_from": 0.0,
+                "engine": {"name": "fake", "version": "1", "model": clip.options.model,
+                           "compute_type": "none", "pid": os.getpid()},
+                "decoding": {"batched": True, "batch_jobs": len(clips)},
+            }
+
+    def transcribe(self, audio: BinaryIO, name: str, options: JobOptions,
+                   progress: Progress, sink: Sink | None = None,
+                   resume: Resume | None = None) -> Transcript:
+        script = self._script(audio, name, options)
+        text = script["text"]
+        duration = float(script.get("duration", "1.0"))
+        self._faults(script, jobmod.display_name(name))
         progress(0.0, duration)
         total = float(script.get("sleep", "0"))
         # "segments: N": the text said N times, one segment (and one decoding window)
@@ -236,26 +290,10 @@ class WhisperEngine:
                    progress: Progress, sink: Sink | None = None,
                    resume: Resume | None = None) -> Transcript:
         import faster_whisper
-        from faster_whisper.audio import decode_audio
 
         shown = jobmod.display_name(name)
-        jobmod.check_language(options, english_only(options.model, self.models.get(options.model)))
-        self.load(options.model)
+        samples, duration = self.prepare(audio, name, options)
         model = self.held.get(options.model)
-        # Rejected from the container's header first, before decoding hours of audio.
-        check_length(shown, probe_duration(audio), self.max_audio_seconds)
-        try:
-            samples = decode_audio(audio, sampling_rate=16000)
-        except Exception as e:  # noqa: BLE001 - PyAV raises many error types
-            raise jobmod.UndecodableAudio(
-                f"{shown} could not be decoded as audio ({decode_reason(e)}); check that it "
-                "is a complete audio or video file (ffmpeg can read it), then submit it "
-                "again") from e
-        duration = len(samples) / 16000.0
-        if duration == 0:
-            raise jobmod.UndecodableAudio(f"{shown} holds no audio samples (truncated or not "
-                                          "audio); check the file and submit it again")
-        check_length(shown, duration, self.max_audio_seconds)
         progress(0.0, duration)
         # Long audio: batched decoding of VAD chunks measured 1.8x faster on a 10-minute
         # file with no loss of accuracy (bench/RESULTS.md). It needs VAD to cut chunks.
@@ -331,6 +369,63 @@ class WhisperEngine:
                        "batch_size": batch_size if batched else None},
             "decoding": decoding,
         }
+
+    def prepare(self, audio: BinaryIO, name: str, options: JobOptions) -> tuple[Any, float]:
+        """Check the options against the model, load it, decode the file to 16 kHz
+        samples; (samples, duration). Raises the job's error."""
+        from faster_whisper.audio import decode_audio
+
+        shown = jobmod.display_name(name)
+        jobmod.check_language(options, english_only(options.model, self.models.get(options.model)))
+        self.load(options.model)
+        # Rejected from the container's header first, before decoding hours of audio.
+        check_length(shown, probe_duration(audio), self.max_audio_seconds)
+        try:
+            samples = decode_audio(audio, sampling_rate=16000)
+        except Exception as e:  # noqa: BLE001 - PyAV raises many error types
+            raise jobmod.UndecodableAudio(
+                f"{shown} could not be decoded as audio ({decode_reason(e)}); check that it "
+                "is a complete audio or video file (ffmpeg can read it), then submit it "
+                "again") from e
+        duration = len(samples) / 16000.0
+        if duration == 0:
+            raise jobmod.UndecodableAudio(f"{shown} holds no audio samples (truncated or not "
+                                          "audio); check the file and submit it again")
+        check_length(shown, duration, self.max_audio_seconds)
+        return samples, duration
+
+    def transcribe_many(self, clips: list[Clip],
+                        progress: Callable[[Clip, float], None]) -> Iterator[BatchOutcome]:
+        """Decode prepared short clips with the same text options in shared passes
+        (:mod:`cesard.batch`); yield (clip, transcript) as each is complete, or
+        (clip, None) for one the worker must run alone."""
+        import faster_whisper
+
+        options = clips[0].options
+        model = self.held.get(options.model)
+        batch_size = self.batch_size or (16 if self.device == "cuda" else 8)
+        common: dict[str, Any] = dict(
+            language=options.language, task=options.task, beam_size=options.beam_size,
+            initial_prompt=options.initial_prompt, temperature=DECODING["temperature"],
+            repetition_penalty=DECODING["repetition_penalty"])
+        decoding = dict(DECODING, beam_size=options.beam_size, vad_filter=options.vad_filter,
+                        batched=True, batch_size=batch_size, batch_jobs=len(clips),
+                        encoder_pad_s=batch.PAD_FRAMES / 100)
+        for clip, segments, info in batch.decode_many(model, clips, batch_size, common,
+                                                      progress, repeats, LOOP_REPEATS):
+            if segments is None:
+                yield clip, None
+                continue
+            yield clip, {
+                "text": " ".join(s["text"] for s in segments).strip(),
+                "segments": segments, "language": info.language,
+                "language_probability": round(float(info.language_probability or 0.0), 4),
+                "duration": round(clip.duration, 3), "resumed_from": 0.0,
+                "engine": {"name": "faster-whisper", "version": faster_whisper.__version__,
+                           "model": options.model, "compute_type": self.compute_type,
+                           "device": self.device, "batch_size": batch_size},
+                "decoding": decoding,
+            }
 
     def _decode(self, model: Any, samples: Any, duration: float, options: JobOptions,
                 batched: bool, batch_size: int, repetition_penalty: float,

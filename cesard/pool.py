@@ -31,7 +31,8 @@ class WorkerProc:
     spawned: float
     device: str = "cpu"  # "cpu" or "cuda:N"
     ready: bool = False
-    job: Running | None = None
+    jobs: dict[str, Running] = field(default_factory=dict)  # what it transcribes now, by id
+    batched: bool = False  # those jobs were sent together (cross-job batching)
     served: int = 0
     retiring: bool = False
     models: list[str] = field(default_factory=list)  # held now, least recently used first
@@ -42,7 +43,8 @@ class WorkerProc:
         return self.proc.pid
 
     def to_status(self) -> dict[str, Any]:
-        return {"pid": self.pid, "ready": self.ready, "job": self.job.id if self.job else None,
+        return {"pid": self.pid, "ready": self.ready,
+                "job": next(iter(self.jobs), None), "jobs": list(self.jobs),
                 "device": self.device, "models": list(self.models)}
 
 
@@ -85,6 +87,7 @@ def spawn(cfg: configmod.Config, placement: devices.Placement, device: str,
            "--max-audio-seconds", str(cfg.max_audio_seconds),
            "--batch-size", str(cfg.batch_size),
            "--batch-min-seconds", str(cfg.batch_min_seconds),
+           "--batch-max-seconds", str(cfg.batch_max_seconds),
            "--max-loaded-models", str(cfg.max_loaded_models),
            "--memory-limit", str(cfg.worker_memory_limit),
            "--reply-fd", str(w), "--log-level", cfg.log_level]

@@ -233,6 +233,21 @@ def lease_orphaned(lease: dict[str, Any] | None, since: float, me: Claimer, now:
 
 # --- the spool ----------------------------------------------------------------
 
+def batch_group(options: Any) -> str | None:
+    """The options a job must share with others to be decoded with them (as written in its
+    job.json; a bare file has none), or None when it is never batched (exclusive, word
+    timestamps, or options that are not a mapping)."""
+    if not isinstance(options, dict):
+        return None
+    if options.get("exclusive") or options.get("word_timestamps"):
+        return None
+    return json.dumps([options.get(k) for k in ("model", "language", "task", "beam_size",
+                                                "vad_filter", "initial_prompt")])
+
+
+NO_OPTIONS = batch_group({})  # a bare file's: the configured defaults
+
+
 @dataclass(frozen=True)
 class Entry:
     """An entry of incoming/ as the queue sees it."""
@@ -242,6 +257,7 @@ class Entry:
     key: tuple[int, str, str]
     owner: int = 0  # uid: fair share and per-owner limits go by it
     size: int = 0  # bytes of its audio (per-owner byte limit)
+    group: str | None = ""  # the options that must match to batch it with others; None: never
 
 
 @dataclass
@@ -346,6 +362,7 @@ class Spool:
             return None
         if stat.S_ISDIR(st.st_mode):
             prio, when, owner, size = "normal", jobmod.iso(st.st_mtime), st.st_uid, 0
+            group: str | None = None
             try:
                 meta = JobMeta.from_json(read_small(path / META, jobmod.MAX_JOB_JSON_BYTES))
                 when = meta.submitted_at
@@ -355,11 +372,12 @@ class Spool:
                     owner = meta.owner  # a job the daemon requeued: its job.json is its own
                 if meta.source_name:
                     size = os.lstat(path / meta.source_name).st_size
+                group = batch_group(meta.options)
             except (OSError, jobmod.JobError):
                 pass  # a bad job still queues; the claim fails it with the reason
-            return Entry(name, True, (PRIORITY_RANK[prio], when, name), owner, size)
+            return Entry(name, True, (PRIORITY_RANK[prio], when, name), owner, size, group)
         return Entry(name, False, (PRIORITY_RANK["normal"], jobmod.iso(st.st_mtime), name),
-                     st.st_uid, st.st_size)
+                     st.st_uid, st.st_size, NO_OPTIONS)
 
     def scan(self, state: str = "incoming") -> Iterator[str]:
         """Names in a state directory (one listing; no ordering)."""

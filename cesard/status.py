@@ -27,8 +27,7 @@ def snapshot(sup: Supervisor, now: float) -> dict[str, Any]:
     """The content of status.json now."""
     running = []
     for w in sup.workers:
-        if w.job is not None:
-            j = w.job
+        for j in w.jobs.values():
             elapsed = now - j.started
             eta = None
             if j.fraction > 0.01:

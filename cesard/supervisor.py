@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cesard import config as configmod
-from cesard import dedupe, devices, hooks, limits, models, outputs, pool, status
+from cesard import dedupe, devices, dispatch, hooks, limits, models, outputs, pool, status
 from cesard import job as jobmod
 from cesard.control import Control
 from cesard.index import Pending, QueueIndex
@@ -35,7 +35,6 @@ from cesard.job import JobMeta, JobOptions
 from cesard.metrics import Metrics
 from cesard.pool import WorkerProc
 from cesard.spool import (
-    SEGMENTS,
     Claimed,
     Claimer,
     Entry,
@@ -97,6 +96,9 @@ class Supervisor:
         self.workers: list[WorkerProc] = []
         self.generation = 0
         self.held: Running | None = None  # an exclusive job waiting for the others
+        self.solo: set[str] = set()  # jobs a crashed batch held: each runs alone next
+        self.batch_since: float | None = None  # a batch waits for more jobs since then
+        self.wake_at = float("inf")  # the loop wakes by then (a batch's wait ends)
         self.watcher: Watcher | None = None
         self.stopping = False
         self.stop_reason = "shutdown grace expired"
@@ -165,7 +167,7 @@ class Supervisor:
             self._requeue(self.held, "shutting down")
             self.held = None
         for w in self.workers:
-            if w.job is None:
+            if not w.jobs:
                 self._close_worker(w)
 
     # --- start-up -----------------------------------------------------------------
@@ -301,9 +303,12 @@ class Supervisor:
     def _worker_gone(self, w: WorkerProc, now: float) -> None:
         code = w.proc.wait()
         self._reap(w)
-        job = w.job
-        if job is not None:
-            sig = f"signal {-code}" if code < 0 else f"status {code}"
+        jobs = list(w.jobs.values())
+        sig = f"signal {-code}" if code < 0 else f"status {code}"
+        if w.batched and jobs:
+            self._batch_lost(jobs, f"its worker {w.pid} died ({sig})")
+        elif jobs:
+            job = jobs[0]
             log.warning("job=%s worker %d died (%s) while transcribing %s", job.id, w.pid, sig,
                         jobmod.display_name(job.audio))
             self._retry_or_fail(job, jobmod.WorkerCrashed(
@@ -318,6 +323,13 @@ class Supervisor:
         elif not self.stopping and not w.retiring:
             log.warning("worker %d exited unexpectedly (status %d)", w.pid, code)
 
+    def _batch_lost(self, jobs: list[Running], why: str) -> None:
+        """A batch ended without its results: each job is queued again, no attempt counted,
+        to run alone (a file that breaks the worker then fails by itself)."""
+        for job in jobs:
+            self.solo.add(job.id)
+            self._requeue(job, f"a batch it shared was lost: {why}; it runs alone next")
+
     def _on_message(self, w: WorkerProc, msg: dict[str, Any], now: float) -> None:
         op = str(msg.get("op"))
         if isinstance(msg.get("models"), list):
@@ -330,9 +342,9 @@ class Supervisor:
         if op == "fatal":
             err = msg.get("error", {})
             raise StartupError(f"worker could not start: {err.get('type')}: {err.get('message')}")
-        job = w.job
-        if job is None or msg.get("id") != job.id:
-            return
+        job = w.jobs.get(str(msg.get("id")))
+        if job is None:
+            return  # cancelled while its batch went on
         if op == "progress":
             job.fraction = float(msg.get("fraction", 0.0))
             if msg.get("duration") is not None:
@@ -341,13 +353,16 @@ class Supervisor:
                     job.deadline = job.started + max(120.0, 3.0 * job.duration)
             self.status_dirty = True
             return
-        w.job = None
+        del w.jobs[job.id]
+        self.solo.discard(job.id)
         w.served += 1
         try:
             self._on_outcome(job, op, msg, now)
         except Exception:  # noqa: BLE001 - one bad result must not stop the daemon (I6)
             log.exception("job=%s could not be finished; it is recovered at the next start",
                           job.id)
+        if w.jobs:
+            return
         if self.cfg.max_jobs_per_worker and w.served >= self.cfg.max_jobs_per_worker:
             w.retiring = True
         if w.retiring or self.stopping:
@@ -369,7 +384,7 @@ class Supervisor:
     def _keep_workers(self, now: float) -> None:
         """Replace workers that exited; retire idle ones of an old generation."""
         for w in list(self.workers):
-            if w.generation != self.generation and w.job is None and not w.retiring:
+            if w.generation != self.generation and not w.jobs and not w.retiring:
                 w.retiring = True
                 self._close_worker(w)
         if self.stopping or now < self.spawn_backoff:
@@ -494,66 +509,12 @@ class Supervisor:
 
     # --- claiming -----------------------------------------------------------------
 
-    def _idle_workers(self) -> list[WorkerProc]:
-        return [w for w in self.workers if w.ready and w.job is None and not w.retiring
-                and w.generation == self.generation]
-
-    def _busy(self) -> list[WorkerProc]:
-        return [w for w in self.workers if w.job is not None]
-
-    def dispatch(self, now: float) -> None:
-        """Claim jobs for idle workers, in queue order."""
-        if self.stopping or now < self.disk_full_until or self.indexing is not None:
-            return
-        while True:
-            idle = self._idle_workers()
-            if not idle:
-                return
-            busy = self._busy()
-            if self.held is not None:
-                if busy:
-                    return
-                held, self.held = self.held, None
-                self._send(idle[0], held, now)
-                continue
-            if any(w.job.options.exclusive for w in busy if w.job):
-                return
-            entry = self.index.pop()
-            if entry is None:
-                return
-            try:
-                job = self._claim(entry, now)
-            except Exception:  # noqa: BLE001 - one bad entry must not stop the daemon (I6)
-                log.exception("claiming %s failed; it stays where it is and is retried "
-                              "after a restart", jobmod.display_name(entry.name))
-                continue
-            if job is None:
-                if now < self.disk_full_until:
-                    return  # the disk is full: the entry is back in the index; pause
-                continue
-            if job.options.exclusive and busy:
-                log.info("job=%s is exclusive: waiting for %d running job(s)", job.id, len(busy))
-                self.held = job
-                return
-            self._start_job(self._pick(idle, job), job, now)
-
-    def _start_job(self, w: WorkerProc, job: Running, now: float) -> None:
-        """Give ``job`` to ``w``; with dedupe, look its audio up first (dedupe.py)."""
-        if self.dedupe is None:
-            self._send(w, job, now)
-        else:
-            dedupe.start(self, self.dedupe, w, job)
-
     def wake(self) -> None:
         """Wake the loop from another thread (a dedupe lookup finished)."""
         try:
             os.write(self._wake_w, b"d")
         except OSError:
             pass  # the pipe is full: the loop wakes anyway
-
-    def _pick(self, idle: list[WorkerProc], job: Running) -> WorkerProc:
-        """An idle worker that holds the job's model already, else the first idle one."""
-        return next((w for w in idle if job.options.model in w.models), idle[0])
 
     def _claim(self, entry: Entry, now: float) -> Running | None:
         try:
@@ -613,24 +574,6 @@ class Supervisor:
         log.info("job=%s claimed: %s (%d bytes, priority %s, attempt %d)", c.id,
                  jobmod.display_name(audio), size, options.priority, meta.attempts + 1)
         return Running(c.id, c.path, meta, options, audio, size, started_at, now, now + timeout)
-
-    def _send(self, w: WorkerProc, job: Running, now: float) -> None:
-        w.job = job
-        # A held (exclusive) job starts now, not when it was claimed: its times and
-        # its deadline count from here.
-        job.deadline += now - job.started
-        job.started = now
-        job.started_at = jobmod.iso(now)
-        msg = {"op": "job", "id": job.id, "audio": str(job.path / job.audio), "name": job.audio,
-               "segments": str(job.path / SEGMENTS),
-               "options": job.options.to_dict()}
-        assert w.proc.stdin is not None
-        try:
-            w.proc.stdin.write((json.dumps(msg) + "\n").encode())
-            w.proc.stdin.flush()
-        except OSError:
-            pass  # the worker is gone; its EOF handler retries the job
-        self.status_urgent = True
 
     def _disk_full(self, now: float, e: OSError) -> None:
         self.disk_full_until = now + 5.0
@@ -724,15 +667,19 @@ class Supervisor:
 
     def _check_timeouts(self, now: float) -> None:
         for w in list(self.workers):
-            job = w.job
-            if job is not None and now >= job.deadline:
-                w.job = None
+            late = [j for j in w.jobs.values() if now >= j.deadline]
+            if not late:
+                continue
+            others = [j for j in w.jobs.values() if j not in late]
+            w.jobs = {}
+            self._kill_worker(w)
+            for job in late:
                 log.warning("job=%s timed out after %.0f s; replacing worker %d", job.id,
                             now - job.started, w.pid)
-                self._kill_worker(w)
                 self._retry_or_fail(job, jobmod.JobTimeout(
                     f"transcription took longer than {job.deadline - job.started:.0f} s "
                     "(job_timeout)"), now)
+            self._batch_lost(others, "another job of it timed out")
 
     def _rescan_interval(self) -> float:
         polling = self.watcher is None or self.watcher.polling
@@ -746,8 +693,8 @@ class Supervisor:
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.cfg.lease_seconds / 3
             for w in self.workers:
-                if w.job is not None:
-                    self.spool.heartbeat(w.job.id, self.me, now)
+                for job_id in w.jobs:
+                    self.spool.heartbeat(job_id, self.me, now)
         if now >= self.next_recover:
             self.next_recover = now + self.cfg.lease_seconds / 2
             self.recover(now)
@@ -836,7 +783,7 @@ class Supervisor:
             self.notify.ready(self.status_line(self.status(now)))
         if self.ready_sent:
             self._keep_workers(now)
-            self.dispatch(now)
+            dispatch.dispatch(self, now)
         if self.stopping:
             self._stop_step(now)
         elif self.drain and self.ready_sent and self._drained():
@@ -848,20 +795,19 @@ class Supervisor:
     def _drained(self) -> bool:
         return (self.indexing is None and not len(self.index) and not self.index.pending
                 and not self.deferred
-                and not self._busy() and self.held is None and not self.hooks.busy)
+                and not dispatch.busy(self) and self.held is None and not self.hooks.busy)
 
     def _stop_step(self, now: float) -> None:
-        busy = self._busy()
+        busy = dispatch.busy(self)
         if busy and now >= self.stop_deadline:
             for w in busy:
-                job = w.job
-                assert job is not None
-                w.job = None
+                jobs, w.jobs = list(w.jobs.values()), {}
                 self._kill_worker(w)
-                self._requeue(job, self.stop_reason)
+                for job in jobs:
+                    self._requeue(job, self.stop_reason)
         if self.hooks.busy and now >= self.stop_deadline:
             self.hooks.stop(now)
-        if not self._busy() and not self.hooks.busy:
+        if not dispatch.busy(self) and not self.hooks.busy:
             for w in list(self.workers):
                 self._close_worker(w)
             for w in list(self.workers):
@@ -881,6 +827,9 @@ class Supervisor:
             timeout = min(timeout, max(0.0, self.stop_deadline - now))
         if self.indexing is not None:
             timeout = 0.0  # the start-up listing goes on at once
+        if self.wake_at < float("inf"):
+            timeout = min(timeout, max(0.0, self.wake_at - now))
+            self.wake_at = float("inf")
         fds = [self._wake_r] + [w.reply_fd for w in self.workers] + self.hooks.fds()
         if self.watcher is not None and self.watcher.fileno() is not None:
             fds.append(self.watcher.fileno())  # type: ignore[arg-type]
@@ -923,8 +872,7 @@ class Supervisor:
 
     def _abort(self) -> None:
         for w in list(self.workers):
-            job = w.job
-            w.job = None
+            jobs, w.jobs = list(w.jobs.values()), {}
             self._kill_worker(w)
-            if job is not None:
+            for job in jobs:
                 self._requeue(job, "the daemon is stopping after an error")

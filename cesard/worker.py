@@ -3,6 +3,9 @@
 Protocol (JSON lines). The supervisor writes to the worker's stdin::
 
     {"op": "job", "id": ID, "audio": PATH, "name": NAME, "options": {...}}
+    {"op": "batch", "jobs": [{"id": ID, "audio": PATH, ...}, ...]}   short jobs, together
+
+For a batch, every job gets its own replies below, in the order they complete.
 
 and reads from the file descriptor given by ``--reply-fd``::
 
@@ -33,8 +36,9 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cesard import checkpoint
+from cesard import batch, checkpoint
 from cesard import job as jobmod
+from cesard.batch import Clip
 from cesard.engine import Engine, make_engine
 from cesard.systemd import setup_logging
 
@@ -76,9 +80,10 @@ def open_audio(path: str, name: str) -> tuple[BinaryIO, dict[str, Any]]:
 
 
 class Worker:
-    def __init__(self, engine: Engine, reply_fd: int) -> None:
+    def __init__(self, engine: Engine, reply_fd: int, batch_max_seconds: float = 30.0) -> None:
         self.engine = engine
         self.reply_fd = reply_fd
+        self.batch_max_seconds = batch_max_seconds
 
     def send(self, msg: dict[str, Any]) -> None:
         data = (json.dumps(msg, ensure_ascii=False) + "\n").encode()
@@ -116,31 +121,91 @@ class Worker:
             with audio, checkpoint.LiveSegments(path, want, resume) as live:
                 transcript = self.engine.transcribe(audio, msg["name"], options, progress,
                                                     live, resume)
-        except jobmod.JobError as e:
-            # The supervisor logs each failure once, with the file (no second line here).
+        except Exception as e:  # noqa: BLE001 - any engine bug fails the job, not the worker
+            self.failed(job_id, e, source)
+            return
+        self.send({"op": "done", "id": job_id, "transcript": transcript, "source": source,
+                   "transcribe_s": round(time.monotonic() - start, 4),
+                   "models": self.engine.loaded_models()})
+
+    def failed(self, job_id: str, e: Exception, source: dict[str, Any] | None) -> None:
+        """Tell the supervisor that ``job_id`` failed with ``e`` (it logs it, once)."""
+        if isinstance(e, jobmod.JobError):
             self.send({"op": "error", "id": job_id, "error": e.to_dict(), "source": source,
                        "models": self.engine.loaded_models()})
             if e.type == "CudaOutOfMemory":
                 raise SystemExit(4) from e  # a fresh process gets a clean GPU memory pool
             return
-        except MemoryError:
-            oom = jobmod.TransientError("the worker ran out of memory (worker_memory_limit)")
-            self.send({"op": "error", "id": job_id, "error": oom.to_dict(), "source": source})
-            return
-        except Exception as e:  # noqa: BLE001 - any engine bug fails the job, not the worker
-            log.warning("job=%s engine error", job_id, exc_info=True)
+        if isinstance(e, MemoryError):
+            err: jobmod.JobError = jobmod.TransientError(
+                "the worker ran out of memory (worker_memory_limit)")
+        else:
+            log.warning("job=%s engine error", job_id, exc_info=e)
             err = jobmod.EngineError(f"{type(e).__name__}: {e}")
-            self.send({"op": "error", "id": job_id, "error": err.to_dict(), "source": source})
-            return
-        self.send({"op": "done", "id": job_id, "transcript": transcript, "source": source,
-                   "transcribe_s": round(time.monotonic() - start, 4),
-                   "models": self.engine.loaded_models()})
+        self.send({"op": "error", "id": job_id, "error": err.to_dict(), "source": source})
+
+    def run_batch(self, msgs: list[dict[str, Any]]) -> None:
+        """Short jobs decoded together (:mod:`cesard.batch`); each still gets its own
+        progress, result or error. Long ones, word timestamps and any the shared pass
+        gives back run alone afterwards."""
+        start = time.monotonic()
+        alone: list[dict[str, Any]] = []
+        by_id: dict[str, dict[str, Any]] = {}
+        sources: dict[str, dict[str, Any]] = {}
+        groups: dict[tuple[Any, ...], list[Clip]] = {}
+        for msg in msgs:
+            job_id, source = str(msg["id"]), None
+            try:
+                options = jobmod.parse_options(msg["options"])
+                if options.word_timestamps:
+                    alone.append(msg)
+                    continue
+                audio, source = open_audio(msg["audio"], msg["name"])
+                with audio:
+                    samples, duration = self.engine.prepare(audio, msg["name"], options)
+            except Exception as e:  # noqa: BLE001 - this job fails alone
+                self.failed(job_id, e, source)
+                continue
+            if duration > self.batch_max_seconds:
+                alone.append(msg)
+                continue
+            self.send({"op": "progress", "id": job_id, "fraction": 0.0, "duration": duration})
+            by_id[job_id], sources[job_id] = msg, source
+            groups.setdefault(batch.text_key(options), []).append(
+                Clip(job_id, options, samples, duration))
+
+        def progress(clip: Clip, fraction: float) -> None:
+            self.send({"op": "progress", "id": clip.id, "fraction": round(fraction, 4)})
+
+        for clips in groups.values():
+            pending = {c.id for c in clips}
+            try:
+                for clip, transcript in self.engine.transcribe_many(clips, progress):
+                    pending.discard(clip.id)
+                    if transcript is None:
+                        alone.append(by_id[clip.id])
+                        continue
+                    if by_id[clip.id].get("segments"):
+                        checkpoint.write_all(Path(by_id[clip.id]["segments"]),
+                                             transcript["segments"])
+                    self.send({"op": "done", "id": clip.id, "transcript": transcript,
+                               "source": sources[clip.id],
+                               "transcribe_s": round(time.monotonic() - start, 4),
+                               "models": self.engine.loaded_models()})
+            except Exception:  # noqa: BLE001 - a shared-pass bug: each job runs alone
+                log.warning("batch of %d job(s) failed; running each alone", len(clips),
+                            exc_info=True)
+            alone.extend(by_id[c.id] for c in clips if c.id in pending)
+        for msg in alone:
+            self.run_job(msg)
 
     def serve(self, commands: BinaryIO) -> None:
         for line in commands:
             msg = json.loads(line)
             if msg.get("op") == "job":
                 self.run_job(msg)
+            elif msg.get("op") == "batch":
+                self.run_batch(list(msg["jobs"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-audio-seconds", type=float, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--batch-min-seconds", type=float, default=0)
+    p.add_argument("--batch-max-seconds", type=float, default=30)
     p.add_argument("--memory-limit", type=int, default=0)
     p.add_argument("--reply-fd", type=int, required=True)
     p.add_argument("--log-level", default="info")
@@ -176,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = make_engine(a.engine, json.loads(a.models), a.compute_type, a.cpu_threads,
                          a.max_audio_seconds, a.batch_size, a.batch_min_seconds, a.device,
                          a.max_loaded_models)
-    worker = Worker(engine, a.reply_fd)
+    worker = Worker(engine, a.reply_fd, a.batch_max_seconds)
     loading = time.monotonic()
     try:
         for model in a.preload:
