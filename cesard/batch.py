@@ -75,6 +75,8 @@ def _collector(model: Any) -> Any:
                                         chunks_metadata: Any, batch_size: int, options: Any,
                                         log_progress: bool) -> Iterator[Any]:
             rec = self.rec
+            if len(features) == 0:  # no speech (VAD kept nothing): one empty chunk, skipped
+                chunks_metadata = []
             rec.update(features=features, tokenizer=tokenizer, meta=chunks_metadata,
                        options=options, results=[None] * len(chunks_metadata))
 
@@ -106,8 +108,13 @@ def decode_many(model: Any, clips: list[Clip], batch_size: int, common: dict[str
     ready: list[Clip] = []
     for clip in clips:
         pipe.rec = clip.rec
-        clip.segments, clip.info = pipe.transcribe(
-            clip.samples, batch_size=batch_size, vad_filter=clip.options.vad_filter, **common)
+        try:
+            clip.segments, clip.info = pipe.transcribe(
+                clip.samples, batch_size=batch_size, vad_filter=clip.options.vad_filter,
+                **common)
+        except Exception:  # noqa: BLE001 - its own error comes from the single-job path
+            yield clip, None, None
+            continue
         if not clip.rec.get("meta"):  # no speech at all: nothing to decode
             clip.rec["results"] = []
         ready.append(clip)

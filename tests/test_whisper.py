@@ -36,6 +36,7 @@ def test_thirty_seconds_of_silence_is_empty(whisper_daemon: Daemon) -> None:
     res = json.loads(r.stdout)
     assert res["text"] == "" and res["segments"] == []
     assert abs(res["duration"] - 30.0) < 0.1
+    assert res["decoding"]["batch_jobs"] == 1  # the batched path, not its fallback
 
 
 def test_result_json_schema_from_real_engine(whisper_daemon: Daemon) -> None:
@@ -66,3 +67,25 @@ def test_unknown_model_is_refused_at_submit_and_fails_a_hand_written_job(
                                             "job.json": json.dumps(meta).encode()})
     res = whisper_daemon.wait_result("bigmodel", 60)
     assert res["error"]["type"] == "UnknownModel" and "large-v9" in res["error"]["message"]
+
+
+def test_short_files_queued_together_are_decoded_in_one_batch(whisper_daemon: Daemon) -> None:
+    """Cross-job batching with the real engine: three clips, one shared decoding pass
+    (encoder input trimmed to the speech), each its own transcript."""
+    import signal
+
+    whisper_daemon.signal(signal.SIGSTOP)
+    try:
+        ids = [whisper_daemon.ctl("submit", str(FIXTURES / f)).stdout.strip()
+               for f in ("hello.wav", "weather.wav", "numbers.wav")]
+    finally:
+        whisper_daemon.signal(signal.SIGCONT)
+    hello, weather, numbers = (whisper_daemon.wait_result(i, 120) for i in ids)
+    for r in (hello, weather, numbers):
+        assert r["status"] == "done" and r["decoding"]["batch_jobs"] == 3, r
+        assert r["segments"] and r["segments"][0]["start"] < r["segments"][-1]["end"]
+    w = words(hello["text"])
+    assert w[:2] == ["hello", "world"] and "transcription" in w
+    assert "weather today is sunny" in weather["text"].lower()
+    assert re.search(r"(1|one)\W+(2|two)\W+(3|three)", numbers["text"].lower())
+    assert numbers["segments"][-1]["end"] <= numbers["duration"] + 0.5
