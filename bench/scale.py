@@ -72,6 +72,18 @@ def fill(spool: Path, queued: int, done: int) -> None:
                                                    "duration": 1.0}))
 
 
+def fill_bare(spool: Path, n: int) -> None:
+    """``n`` bare files in incoming/, as plain ``cp`` leaves them."""
+    for state in ("tmp", "incoming", "processing", "deferred", "done", "failed", "control",
+                  "state"):
+        (spool / state).mkdir(parents=True, exist_ok=True)
+    inc = spool / "incoming"
+    for i in range(n):
+        fd = os.open(inc / f"clip-{i:07d}.wav", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, SLEEPER)
+        os.close(fd)
+
+
 def median_run(args: list[str], n: int = 3) -> float:
     times = []
     for _ in range(n):
@@ -102,7 +114,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--queued", type=int, default=100_000)
     p.add_argument("--done", type=int, default=100_000)
-    p.add_argument("--skip-list", action="store_true", help="no cesarctl list (slow at 100k)")
+    p.add_argument("--skip-list", action="store_true", help="no cesarctl list")
+    p.add_argument("--claim-queued", type=int, default=1_000_000,
+                   help="claim cost with this many bare files queued (0: skip)")
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cesard-scale-"))
     proc = None
@@ -135,6 +149,12 @@ def main() -> int:
             if ready is not None and ("indexed" in text or "job(s) queued" in text):
                 indexed = time.monotonic() - t0
             time.sleep(0.01)
+        progress("waiting for the job catalogue")
+        while "job catalogue:" not in log.read_text():
+            if proc.poll() is not None:
+                raise SystemExit(f"cesard exited: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        catalogued = time.monotonic() - t0
         ctl = [str(BIN / "cesarctl"), "--spool", str(spool), "--config", str(conf)]
         progress("cesarctl status and list")
         status_s = median_run([*ctl, "status"])
@@ -147,8 +167,15 @@ def main() -> int:
         progress("claim cost")
         big = claim_cost(spool, 200)
         small_dir = tmp / "small"
-        fill(small_dir, 300, 0)
-        small = claim_cost(small_dir, 200)
+        fill(small_dir, 100, 0)
+        small = claim_cost(small_dir, 50)
+        shutil.rmtree(spool, ignore_errors=True)
+        huge = 0.0
+        if a.claim_queued:
+            progress(f"claim cost at {a.claim_queued:,} queued (bare files)")
+            huge_dir = tmp / "huge"
+            fill_bare(huge_dir, a.claim_queued)
+            huge = claim_cost(huge_dir, 200)
     finally:
         if proc is not None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -157,12 +184,16 @@ def main() -> int:
     print("|---|---|")
     print(f"| READY (status.json running) after start | {ready:.2f} s |")
     print(f"| whole queue indexed after start | {indexed:.2f} s |")
+    print(f"| job catalogue complete after start | {catalogued:.2f} s |")
     print(f"| cesarctl status | {status_s:.2f} s |")
     print(f"| cesarctl list (every state) | {list_s:.2f} s |")
     print(f"| cesarctl list --state done | {list_done_s:.2f} s |")
     print(f"| claim, {a.queued} queued | {big * 1000:.2f} ms |")
-    print(f"| claim, 300 queued | {small * 1000:.2f} ms |")
-    print(f"| claim ratio | {big / small:.2f}x |")
+    print(f"| claim, 100 queued | {small * 1000:.2f} ms |")
+    print(f"| claim ratio {a.queued} / 100 | {big / small:.2f}x |")
+    if huge:
+        print(f"| claim, {a.claim_queued:,} queued (bare files) | {huge * 1000:.2f} ms |")
+        print(f"| claim ratio {a.claim_queued:,} / 100 | {huge / small:.2f}x |")
     return 0
 
 

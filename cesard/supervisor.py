@@ -26,8 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cesard import (
+    catalog,
+    dedupe,
+    devices,
+    dispatch,
+    hooks,
+    limits,
+    models,
+    outputs,
+    pool,
+    status,
+)
 from cesard import config as configmod
-from cesard import dedupe, devices, dispatch, hooks, limits, models, outputs, pool, status
 from cesard import job as jobmod
 from cesard.control import Control
 from cesard.index import Pending, QueueIndex
@@ -107,6 +118,7 @@ class Supervisor:
         self.ready_sent = False
         self.started = time.time()
         self.on_disk = {"done": 0, "failed": 0}  # entries in done/ and failed/
+        self.finished_mtime: dict[str, int] = {}  # their mtimes when counted
         self.metrics = Metrics()
         self.metrics_error_logged = False
         self.disk_full_until = 0.0
@@ -122,6 +134,7 @@ class Supervisor:
         self.control = Control(self)
         self.hooks = hooks.Hooks(cfg.hook_timeout, cfg.max_running_hooks, spool.root)
         self.dedupe: dedupe.Dedupe | None = None
+        self.catalog = catalog.Catalog(spool, group_readable=cfg.privacy == "group")
         # incoming/ entries the daemon may not take, by name → st_ctime_ns when refused;
         # a chmod (IN_ATTRIB) or any other change of ctime brings them back.
         self.blocked: dict[str, int] = {}
@@ -246,7 +259,22 @@ class Supervisor:
 
     def _count_finished(self) -> None:
         for state in ("done", "failed"):
+            self.finished_mtime[state] = self._mtime(state)
             self.on_disk[state] = sum(1 for _ in self.spool.scan(state))
+
+    def _mtime(self, state: str) -> int:
+        try:
+            return os.stat(self.spool.dir(state)).st_mtime_ns
+        except OSError:
+            return 0
+
+    def _recount_if_changed(self) -> None:
+        """Count done/ and failed/ again when something else changed them (cesarctl prune,
+        retry, another host): 'cesarctl status' shows these counts while the directories
+        are older than status.json."""
+        if any(self._mtime(s) != self.finished_mtime.get(s) for s in ("done", "failed")):
+            self._count_finished()
+            self.status_dirty = True
 
     # --- workers ------------------------------------------------------------------
 
@@ -607,9 +635,12 @@ class Supervisor:
                 return
             raise
         self.hooks.schedule(job.id, status, path, job.meta.owner, planned)
+        self.catalog.finished(state, result, job.meta.source_name)
         if self.dedupe is not None and status == "done":
             self.dedupe.add(result, path.name)
         self.on_disk[state] += 1
+        if self.finished_mtime.get(state) is not None:
+            self.finished_mtime[state] = self._mtime(state)  # our own change, counted
         t = transcript or {}
         self.metrics.job_finished(status, t.get("duration"), t.get("transcribe_s"), now)
         self.status_urgent = True
@@ -702,6 +733,7 @@ class Supervisor:
             self._check_pending(now)
         self._undefer(now)
         self._check_timeouts(now)
+        self._recount_if_changed()
 
     # --- status -------------------------------------------------------------------
 
@@ -775,6 +807,8 @@ class Supervisor:
         self.hooks.step(now)
         dedupe.collect(self, now)
         self._index_step(now)
+        if self.indexing is None:
+            self.catalog.step(now, self.cfg.rescan_interval)
         if not self.ready_sent and self.workers and all(w.ready for w in self.workers):
             self.ready_sent = True
             self.status_dirty = True  # status.json says "running" now, not in 5 s
@@ -825,8 +859,8 @@ class Supervisor:
             timeout = min(timeout, self.notify.watchdog_interval / 4)
         if self.stopping:
             timeout = min(timeout, max(0.0, self.stop_deadline - now))
-        if self.indexing is not None:
-            timeout = 0.0  # the start-up listing goes on at once
+        if self.indexing is not None or self.catalog.walk is not None:
+            timeout = 0.0  # the start-up listing (or the catalogue's) goes on at once
         if self.wake_at < float("inf"):
             timeout = min(timeout, max(0.0, self.wake_at - now))
             self.wake_at = float("inf")
@@ -860,6 +894,7 @@ class Supervisor:
             self.watcher.close()
         if self.dedupe is not None:
             self.dedupe.close()
+        self.catalog.close()
         self.status_dirty = True
         self.next_status = 0.0
         self.publish_status(time.time())
