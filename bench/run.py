@@ -898,7 +898,7 @@ def lpt(items: list[tuple[str, float]], k: int) -> list[list[str]]:
 
 
 def bare_loop(spool: Path) -> float:
-    """What guarantee 1 of docs/spool.md costs at least per job dir, with plain os calls and nothing else.
+    """What guarantee 1 of docs/spool.md costs at least per job dir, with plain os calls.
 
     Per job, exactly the renames and fsyncs cesard's spool does: claim
     (rename incoming->processing, lease by temp+rename, fsync processing/),

@@ -30,7 +30,6 @@ Writes ``bench/RESULTS-short.md`` with the machine and the command.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -38,7 +37,6 @@ import socket
 import subprocess
 import sys
 import time
-import wave
 from pathlib import Path
 from typing import Any
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from helpers import Daemon, fake_script, wait_until
+
 from cesard import job as jobmod
 
 
