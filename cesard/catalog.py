@@ -43,7 +43,8 @@ COLUMNS = ("id", "state", "submitted_at", "file", "submitter", "owner", "priorit
 SCHEMA = (f"CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, {', '.join(COLUMNS)})")
 
 
-def _load(path: Path) -> dict[str, Any] | None:
+def load_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file of a job (None when missing, unreadable or not an object)."""
     try:
         d = json.loads(read_small(path, 64 << 20))
         return d if isinstance(d, dict) else None
@@ -60,7 +61,7 @@ def describe(spool: Spool, state: str, name: str) -> dict[str, Any]:
     if not os.path.isdir(path) or os.path.islink(path):
         d.update(id=None, file=jobmod.display_name(name), owner=jobmod.user_name(st.st_uid))
         return d
-    meta = _load(path / "job.json") or {}
+    meta = load_json(path / "job.json") or {}
     d["submitted_at"] = meta.get("submitted_at")
     d["file"] = meta.get("source_name")
     d["submitter"] = meta.get("submitter")
@@ -68,7 +69,7 @@ def describe(spool: Spool, state: str, name: str) -> dict[str, Any]:
     d["owner"] = jobmod.user_name(owner if isinstance(owner, int) else st.st_uid)
     d["priority"] = (meta.get("options") or {}).get("priority", "normal")
     if state in ("done", "failed"):
-        res = _load(path / "result.json") or {}
+        res = load_json(path / "result.json") or {}
         d["status"] = res.get("status")
         d["finished_at"] = res.get("finished_at")
         d["duration"] = res.get("duration")

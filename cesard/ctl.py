@@ -136,12 +136,7 @@ def warn_if_down(spool: Spool) -> None:
               "queued and runs when the daemon starts", file=sys.stderr)
 
 
-def load_json(path: Path) -> dict[str, Any] | None:
-    try:
-        d = json.loads(read_small(path, 64 << 20))
-        return d if isinstance(d, dict) else None
-    except (OSError, ValueError, jobmod.JobError):
-        return None
+load_json = catalog.load_json
 
 
 def locate(spool: Spool, job_id: str, mine: bool = True) -> tuple[str, Path]:
