@@ -224,6 +224,7 @@ class Control:
                 if e.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY):
                     return False
                 raise
+            sup.spool.take_lease(path, sup.me, now)  # finishing is fenced on our claim
             try:
                 meta = sup.spool.read_meta(path)
             except jobmod.JobError:

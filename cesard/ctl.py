@@ -363,18 +363,20 @@ def count(spool: Spool, state: str, st: dict[str, Any] | None) -> int | None:
 
 
 def daemon_count(spool: Spool, state: str, st: dict[str, Any] | None) -> int | None:
-    """The running daemon's count of done/ or failed/ from status.json, when the directory
-    has not changed since the daemon wrote it (it counts its own finishes; listing 100,000
-    finished jobs here took most of a second); else None."""
+    """The running daemon's count of incoming/, done/ or failed/ from status.json, when the
+    directory has not changed since the daemon wrote it (it counts its own claims and
+    finishes; listing 100,000 names here took most of a second); else None."""
     n = ((st or {}).get("queue") or {}).get(state)
-    if not isinstance(n, int):
+    if not isinstance(n, int) or (state == "incoming" and (st or {}).get("indexing") is not False):
         return None
     try:
         written = os.stat(spool.dir("state") / "status.json").st_mtime_ns
         changed = os.stat(spool.dir(state)).st_mtime_ns
     except OSError:
         return None
-    return n if changed < written else None
+    # Both times are the filesystem's: the directory must be older than the file by more
+    # than a loop step, so a change the daemon had not read yet is never taken as counted.
+    return n if changed < written - 500_000_000 else None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -383,7 +385,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     alive = daemon_alive(st)
     counts: dict[str, int | None] = {}
     for state in STATES:
-        n = daemon_count(spool, state, st) if alive and state in ("done", "failed") else None
+        n = (daemon_count(spool, state, st) if alive and state in ("incoming", "done", "failed")
+             else None)
         counts[state] = n if n is not None else count(spool, state, st)
     data: dict[str, Any] = {"spool": str(spool.root),
                             # "starting", "running" or "stopping" (after SIGTERM), as it says

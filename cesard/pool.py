@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from cesard.supervisor import Running
 
 
+class StartupError(Exception):
+    """The daemon cannot start (a model failed to load, the spool is unusable)."""
+
+
 @dataclass
 class WorkerProc:
     proc: subprocess.Popen[bytes]

@@ -551,12 +551,37 @@ class Spool:
                 if n not in RESERVED and not n.startswith(".")
                 and not n.startswith("transcript.")]
 
-    def heartbeat(self, job_id: str, me: Claimer, now: float) -> None:
-        """Refresh a running job's lease (not durable: a lost heartbeat is harmless)."""
+    def holds(self, job_dir: Path, me: Claimer) -> bool:
+        """Whether ``me`` still holds the claim of ``job_dir`` (its lease carries my token).
+
+        The fence of every heartbeat and every finish, requeue or deferral: a host that
+        was cut off past its lease finds the job recovered (gone from this path) or
+        claimed again (another token) and lets it be. Other I/O errors are raised (the
+        storage is away: the loop pauses and tries again)."""
         try:
-            write_atomic(self.dir("processing") / job_id, LEASE, me.lease(now), durable=False)
+            lease = json.loads(read_small(job_dir / LEASE, 1 << 16))
+        except FileNotFoundError:
+            return False
+        except (ValueError, jobmod.JobError):
+            return False
+        return isinstance(lease, dict) and lease.get("token") == me.token
+
+    def take_lease(self, job_dir: Path, me: Claimer, now: float) -> None:
+        """Write ``me``'s lease into a job directory the daemon just moved into
+        processing/ itself (a deferred job it cancels)."""
+        write_atomic(job_dir, LEASE, me.lease(now), durable=False)
+
+    def heartbeat(self, job_id: str, me: Claimer, now: float) -> bool:
+        """Refresh a running job's lease (not durable: a lost heartbeat is harmless);
+        False when the claim is no longer mine (:meth:`holds`)."""
+        job_dir = self.dir("processing") / job_id
+        try:
+            if not self.holds(job_dir, me):
+                return False
+            write_atomic(job_dir, LEASE, me.lease(now), durable=False)
         except OSError:
-            pass  # gone, or a full disk: the next heartbeat tries again
+            pass  # a full disk or the storage away: the next heartbeat tries again
+        return True
 
     def read_meta(self, job_dir: Path, job_id: str | None = None) -> JobMeta:
         """``job.json`` of a job directory, validated; raises InvalidJob naming the problem."""

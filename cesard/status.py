@@ -55,7 +55,9 @@ def snapshot(sup: Supervisor, now: float) -> dict[str, Any]:
                                               if m.name in w.models])
                    for m in sup.model_infos],
         "running": running,
-        "queue": {"incoming": len(sup.index) + len(sup.index.pending),
+        # incoming/: indexed, settling, and refused (they stay there until fixed)
+        "queue": {"incoming": len(sup.index) + len(sup.index.pending)
+                  + sum(1 for n in sup.blocked if n not in sup.index),
                   "processing": len(running) + (1 if sup.held else 0),
                   "deferred": len(sup.deferred), "done": sup.on_disk["done"],
                   "failed": sup.on_disk["failed"]},

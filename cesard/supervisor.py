@@ -36,6 +36,7 @@ from cesard import (
     models,
     outputs,
     pool,
+    replies,
     status,
 )
 from cesard import config as configmod
@@ -44,7 +45,7 @@ from cesard.control import Control
 from cesard.index import Pending, QueueIndex
 from cesard.job import JobMeta, JobOptions
 from cesard.metrics import Metrics
-from cesard.pool import WorkerProc
+from cesard.pool import StartupError, WorkerProc
 from cesard.spool import (
     Claimed,
     Claimer,
@@ -58,6 +59,9 @@ from cesard.watch import Watcher
 
 log = logging.getLogger("cesard")
 
+# The storage went away (a network filesystem): pause and retry, like a full disk.
+STORAGE_ERRNOS = (errno.ENOTCONN, errno.EIO, errno.ESTALE, errno.EHOSTDOWN,
+                  errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.ECONNABORTED, errno.ECONNRESET)
 # A job's start or finish reaches status.json within this long (batched under load).
 STATUS_URGENT_S = 0.05
 # Config keys whose change needs new worker processes.
@@ -83,10 +87,6 @@ class Running:
     fraction: float = 0.0
     duration: float | None = None
     hashing: Future[dedupe.Match] | None = None  # dedupe: its audio is being looked up
-
-
-class StartupError(Exception):
-    """The daemon cannot start (a model failed to load, the spool is unusable)."""
 
 
 class Supervisor:
@@ -122,6 +122,7 @@ class Supervisor:
         self.metrics = Metrics()
         self.metrics_error_logged = False
         self.disk_full_until = 0.0
+        self.storage_error: int | None = None  # the spool's storage failed the last step
         self.disk_full_logged = False
         self.next_rescan = 0.0
         self.next_heartbeat = 0.0
@@ -307,107 +308,14 @@ class Supervisor:
         os.close(w.reply_fd)
         self._close_worker(w)
 
-    def _read_worker(self, w: WorkerProc, now: float) -> None:
-        while True:
-            try:
-                chunk = os.read(w.reply_fd, 1 << 16)
-            except BlockingIOError:
-                break
-            if not chunk:
-                self._worker_gone(w, now)
-                return
-            w.buf += chunk
-        while b"\n" in w.buf:
-            line, _, rest = bytes(w.buf).partition(b"\n")
-            w.buf = bytearray(rest)
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                log.error("worker %d sent a malformed message; replacing it", w.pid)
-                self._kill_worker(w)
-                return
-            self._on_message(w, msg, now)
-
-    def _worker_gone(self, w: WorkerProc, now: float) -> None:
-        code = w.proc.wait()
-        self._reap(w)
-        jobs = list(w.jobs.values())
-        sig = f"signal {-code}" if code < 0 else f"status {code}"
-        if w.batched and jobs:
-            self._batch_lost(jobs, f"its worker {w.pid} died ({sig})")
-        elif jobs:
-            job = jobs[0]
-            log.warning("job=%s worker %d died (%s) while transcribing %s", job.id, w.pid, sig,
-                        jobmod.display_name(job.audio))
-            self._retry_or_fail(job, jobmod.WorkerCrashed(
-                f"the worker process died ({sig}) while transcribing "
-                f"{jobmod.display_name(job.audio)}"), now)
-        elif not w.ready and not self.stopping:
-            if not self.ready_sent:
-                # Never a silent hang: a start whose workers cannot come up ends here.
-                raise StartupError(f"worker {w.pid} exited (status {code}) before it was "
-                                   "ready; its lines above say why")
-            log.error("worker %d exited (status %d) before it was ready", w.pid, code)
-        elif not self.stopping and not w.retiring:
-            log.warning("worker %d exited unexpectedly (status %d)", w.pid, code)
-
-    def _batch_lost(self, jobs: list[Running], why: str) -> None:
-        """A batch ended without its results: each job is queued again, no attempt counted,
-        to run alone (a file that breaks the worker then fails by itself)."""
-        for job in jobs:
-            self.solo.add(job.id)
-            self._requeue(job, f"a batch it shared was lost: {why}; it runs alone next")
-
-    def _on_message(self, w: WorkerProc, msg: dict[str, Any], now: float) -> None:
-        op = str(msg.get("op"))
-        if isinstance(msg.get("models"), list):
-            w.models = [str(m) for m in msg["models"]]
-        if op == "ready":
-            w.ready = True
-            self.spawn_backoff = 0.0
-            log.debug("worker %d ready", w.pid)
-            return
-        if op == "fatal":
-            err = msg.get("error", {})
-            raise StartupError(f"worker could not start: {err.get('type')}: {err.get('message')}")
-        job = w.jobs.get(str(msg.get("id")))
-        if job is None:
-            return  # cancelled while its batch went on
-        if op == "progress":
-            job.fraction = float(msg.get("fraction", 0.0))
-            if msg.get("duration") is not None:
-                job.duration = float(msg["duration"])
-                if not self.cfg.job_timeout:
-                    job.deadline = job.started + max(120.0, 3.0 * job.duration)
-            self.status_dirty = True
-            return
-        del w.jobs[job.id]
-        self.solo.discard(job.id)
-        w.served += 1
-        try:
-            self._on_outcome(job, op, msg, now)
-        except Exception:  # noqa: BLE001 - one bad result must not stop the daemon (I6)
-            log.exception("job=%s could not be finished; it is recovered at the next start",
-                          job.id)
-        if w.jobs:
-            return
-        if self.cfg.max_jobs_per_worker and w.served >= self.cfg.max_jobs_per_worker:
-            w.retiring = True
-        if w.retiring or self.stopping:
-            self._close_worker(w)
-
-    def _on_outcome(self, job: Running, op: str, msg: dict[str, Any], now: float) -> None:
-        source = msg.get("source")
-        if op == "done":
-            transcript = dict(msg["transcript"])
-            transcript["transcribe_s"] = msg.get("transcribe_s")
-            self._finish(job, "done", source, transcript, None, now)
-        elif op == "error":
-            err = jobmod.error_from_dict(msg.get("error", {}))
-            if err.retryable:
-                self._retry_or_fail(job, err, now)
-            else:
-                self._finish(job, "failed", source, None, err, now)
+    def _ours(self, job: Running, what: str) -> bool:
+        """The fence before a job leaves processing/: True if we still hold its claim."""
+        if self.spool.holds(job.path, self.me):
+            return True
+        log.warning("job=%s: not %s here: this daemon's claim was taken over (its lease "
+                    "expired while it was cut off); the daemon holding it now finishes it",
+                    job.id, what)
+        return False
 
     def _keep_workers(self, now: float) -> None:
         """Replace workers that exited; retire idle ones of an old generation."""
@@ -603,6 +511,31 @@ class Supervisor:
                  jobmod.display_name(audio), size, options.priority, meta.attempts + 1)
         return Running(c.id, c.path, meta, options, audio, size, started_at, now, now + timeout)
 
+    def step(self, now: float) -> None:
+        """:meth:`run_once`, riding out a spool whose storage stops answering."""
+        try:
+            self.run_once(now)
+        except OSError as e:
+            if e.errno not in STORAGE_ERRNOS:
+                raise
+            self._storage_away(now, e)
+            return
+        if self.storage_error is not None:
+            log.info("the spool's storage answers again; claiming resumed")
+            self.storage_error = None
+            self.disk_full_until = 0.0
+
+    def _storage_away(self, now: float, e: OSError) -> None:
+        """The spool's storage failed a step (a network filesystem's server restarting,
+        a partition): pause claims, keep every job where it is, try again in 5 s."""
+        self.disk_full_until = now + 5.0
+        if self.storage_error is None:
+            log.error("the spool's storage is not answering (%s: %s): claiming paused; every "
+                      "job stays where it is; trying again every 5 s", e.strerror,
+                      e.filename or self.spool.root)
+        self.storage_error = e.errno
+        self.wake_at = min(self.wake_at, now + 5.0)
+
     def _disk_full(self, now: float, e: OSError) -> None:
         self.disk_full_until = now + 5.0
         if not self.disk_full_logged:
@@ -615,6 +548,8 @@ class Supervisor:
     def _finish(self, job: Running, status: str, source: dict[str, Any] | None,
                 transcript: dict[str, Any] | None, error: jobmod.JobError | None,
                 now: float, deduplicated_from: str | None = None) -> None:
+        if not self._ours(job, "finished"):
+            return
         finished_at = jobmod.iso(now)
         if source is None:
             source = self.spool.describe_source(job.path, job.meta, self.cfg.max_file_bytes)
@@ -661,6 +596,8 @@ class Supervisor:
 
     def _retry_or_fail(self, job: Running, err: jobmod.JobError, now: float) -> None:
         """A transient failure: defer for a retry, or fail past max_attempts."""
+        if not self._ours(job, "retried"):
+            return
         if job.meta.attempts + 1 >= self.cfg.max_attempts:
             final = jobmod.TransientError(
                 f"{err}; gave up after {job.meta.attempts + 1} attempts "
@@ -689,28 +626,14 @@ class Supervisor:
         self.status_dirty = True
 
     def _requeue(self, job: Running, why: str) -> None:
+        if not self._ours(job, "requeued"):
+            return
         self.spool.requeue(job.id)
         log.info("job=%s returned to incoming/ (%s); no attempt counted", job.id, why)
         self._index_name(job.id, time.time(), settled=True)
         self.status_dirty = True
 
     # --- timers -------------------------------------------------------------------
-
-    def _check_timeouts(self, now: float) -> None:
-        for w in list(self.workers):
-            late = [j for j in w.jobs.values() if now >= j.deadline]
-            if not late:
-                continue
-            others = [j for j in w.jobs.values() if j not in late]
-            w.jobs = {}
-            self._kill_worker(w)
-            for job in late:
-                log.warning("job=%s timed out after %.0f s; replacing worker %d", job.id,
-                            now - job.started, w.pid)
-                self._retry_or_fail(job, jobmod.JobTimeout(
-                    f"transcription took longer than {job.deadline - job.started:.0f} s "
-                    "(job_timeout)"), now)
-            self._batch_lost(others, "another job of it timed out")
 
     def _rescan_interval(self) -> float:
         polling = self.watcher is None or self.watcher.polling
@@ -723,16 +646,17 @@ class Supervisor:
             self.control.scan(now)
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.cfg.lease_seconds / 3
-            for w in self.workers:
-                for job_id in w.jobs:
-                    self.spool.heartbeat(job_id, self.me, now)
+            for w in list(self.workers):
+                for job_id in list(w.jobs):
+                    if not self.spool.heartbeat(job_id, self.me, now):
+                        replies.taken_over(self, w, job_id)
         if now >= self.next_recover:
             self.next_recover = now + self.cfg.lease_seconds / 2
             self.recover(now)
         if self.index.pending:
             self._check_pending(now)
         self._undefer(now)
-        self._check_timeouts(now)
+        replies.check_timeouts(self, now)
         self._recount_if_changed()
 
     # --- status -------------------------------------------------------------------
@@ -801,7 +725,7 @@ class Supervisor:
         self._handle_signals(now)
         for w in list(self.workers):
             if w in self.workers:
-                self._read_worker(w, now)
+                replies.read_worker(self, w, now)
         self._on_events(now)
         self._timers(now)
         self.hooks.step(now)
@@ -885,7 +809,7 @@ class Supervisor:
             self.start()
             while self.exit_code is None:
                 self._wait(time.time())
-                self.run_once(time.time())
+                self.step(time.time())
         except StartupError as e:
             log.error("%s", e)
             self._abort()

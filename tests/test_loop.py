@@ -59,3 +59,32 @@ def test_deferred_job_returns_exactly_when_due(sup: Supervisor) -> None:
     sup.run_once(due + 0.01)
     assert os.listdir(sup.spool.dir("deferred")) == []
     assert os.path.isdir(sup.spool.dir("processing") / "job-1")
+
+
+def test_a_spool_whose_storage_stops_answering_pauses_claims_and_resumes(
+        sup: Supervisor, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A GlusterFS brick restarting made os.lstat raise ENOTCONN in the rescan and
+    killed the daemon (issue 14): the step now pauses claims and tries again."""
+    import errno
+    import logging
+
+    caplog.set_level(logging.INFO, logger="cesard")
+    real_scan = sup.spool.scan
+
+    def away(state: str = "incoming") -> Iterator[str]:
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected",
+                      str(sup.spool.dir(state)))
+    monkeypatch.setattr(sup.spool, "scan", away)
+    (sup.spool.dir("incoming") / "a.wav").write_bytes(fake_script(text="waits"))
+    t0 = time.time() + 100  # past the next poll: the rescan runs and fails
+    sup.step(t0)
+    assert sup.storage_error == errno.ENOTCONN and sup.disk_full_until >= t0 + 5
+    assert "storage is not answering" in caplog.text
+    sup.step(t0 + 1)  # still paused: nothing claimed, nothing raised
+    assert os.listdir(sup.spool.dir("incoming")) == ["a.wav"]
+    monkeypatch.setattr(sup.spool, "scan", real_scan)
+    sup.step(t0 + 200)
+    assert sup.storage_error is None and "answers again" in caplog.text
+    sup.step(t0 + 203)  # settled: claimed
+    assert os.listdir(sup.spool.dir("incoming")) == []

@@ -138,3 +138,25 @@ def test_same_host_reclaims_a_dead_daemons_job_without_waiting(
     assert res["status"] == "done" and res["attempts"] == 2 and res["text"] == "done by b"
     assert recovered_at(b.log(), job) - last < lease
     assert b.stop() == 0
+
+
+def test_a_daemon_whose_claim_was_taken_over_lets_the_job_be(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """Fencing (issue 14): a host cut off past its lease comes back to find its running
+    job claimed by another daemon (another token in the lease). Its heartbeat and its
+    finish are fenced on its own claim: it drops the job, writes no result over the
+    other's, and keeps running."""
+    d = make_daemon(lease_seconds=3).start()
+    job = d.submit_bytes("long.wav", fake_script(sleep=4, text="late"))
+    lease = d.spool / "processing" / job / "claim.json"
+    wait_until(lambda: lease.exists(), 10, "the claim")
+    other = {**json.loads(lease.read_text()), "host": "other-host", "pid": 1,
+             "token": "0123456789ab", "heartbeat": time.time()}
+    lease.write_text(json.dumps(other))  # what a reclaiming host's claim leaves there
+    wait_until(lambda: "claim was taken over" in d.log(), 10, "the fence to notice")
+    assert json.loads(lease.read_text())["token"] == "0123456789ab"  # never overwritten
+    assert not (d.spool / "processing" / job / "result.json").exists()
+    assert not (d.spool / "done" / job).exists() and not (d.spool / "failed" / job).exists()
+    assert d.proc is not None and d.proc.poll() is None
+    ok = d.submit_bytes("next.wav", fake_script(text="still working"))
+    assert d.wait_result(ok)["text"] == "still working"
