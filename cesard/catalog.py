@@ -38,8 +38,11 @@ log = logging.getLogger("cesard")
 
 FILE = "catalog.sqlite"
 STATES = ("incoming", "done", "failed")
-COLUMNS = ("id", "state", "submitted_at", "file", "submitter", "owner", "priority", "status",
+# The first five are what 'cesarctl list' prints for scripts (read alone, they are read
+# faster); the rest complete a row of 'cesarctl list --json'.
+COLUMNS = ("state", "id", "status", "file", "owner", "submitted_at", "submitter", "priority",
            "finished_at", "duration", "error")
+SHORT = 5
 SCHEMA = (f"CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, {', '.join(COLUMNS)})")
 
 
@@ -84,33 +87,40 @@ def _values(name: str, row: dict[str, Any]) -> tuple[Any, ...]:
                     for k in COLUMNS))
 
 
-def read(spool: Spool) -> dict[str, dict[str, Any]]:
-    """Every row the catalogue holds, by name ({} when there is none or it cannot be
-    read: the caller then reads each job's files)."""
+Row = tuple[Any, ...]  # COLUMNS (or the first SHORT of them), in order
+STATE, ID, STATUS, FILE_, OWNER = range(SHORT)
+
+
+def read(spool: Spool, state: str | None = None, full: bool = True) -> dict[str, Row]:
+    """The rows the catalogue holds (of ``state`` only, if given), by name, as tuples of
+    :data:`COLUMNS` (``full``) or of its first :data:`SHORT` ({} when there is none or it
+    cannot be read: the caller then reads each job's files). :func:`as_dict` makes a
+    full one a row of ``cesarctl list --json``."""
     path = spool.dir("state") / FILE
     if not os.access(path, os.R_OK):
         return {}
+    query = f"SELECT name, {', '.join(COLUMNS if full else COLUMNS[:SHORT])} FROM jobs"
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
         try:
-            rows = db.execute(f"SELECT name, {', '.join(COLUMNS)} FROM jobs").fetchall()
+            cur = db.execute(query + " WHERE state = ?", (state,)) if state else db.execute(query)
+            return {r[0]: r[1:] for r in cur}
         finally:
             db.close()
     except sqlite3.Error:
         return {}
-    out: dict[str, dict[str, Any]] = {}
-    for name, *vals in rows:
-        d = {k: v for k, v in zip(COLUMNS, vals, strict=True)
-             if v is not None or k in ("id", "state", "file", "owner")}
-        if "error" in d:
-            try:
-                d["error"] = json.loads(d["error"])
-            except ValueError:
-                continue
-        if d["state"] == "incoming" and d["id"] is not None:
-            d.pop("status", None)
-        out[name] = d
-    return out
+
+
+def as_dict(row: Row) -> dict[str, Any]:
+    """A catalogue row as ``cesarctl list --json`` shows it (what :func:`describe` gives)."""
+    d = {k: v for k, v in zip(COLUMNS, row, strict=True)
+         if v is not None or k in ("id", "state", "file", "owner")}
+    if "error" in d:
+        try:
+            d["error"] = json.loads(d["error"])
+        except ValueError:
+            d.pop("error")
+    return d
 
 
 class Catalog:
@@ -191,8 +201,8 @@ class Catalog:
         drop = [(n,) for n, r in self.pending.items() if r is None]
         try:
             self.db.execute("BEGIN")
-            self.db.executemany(f"INSERT OR REPLACE INTO jobs VALUES "
-                                f"({', '.join('?' * (len(COLUMNS) + 1))})", put)
+            self.db.executemany(f"INSERT OR REPLACE INTO jobs (name, {', '.join(COLUMNS)}) "
+                                f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})", put)
             self.db.executemany("DELETE FROM jobs WHERE name = ?", drop)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cesard import __version__, catalog, control, models, outputs
+from cesard import __version__, outputs
 from cesard import config as configmod
 from cesard import job as jobmod
 from cesard.spool import (
@@ -136,7 +136,11 @@ def warn_if_down(spool: Spool) -> None:
               "queued and runs when the daemon starts", file=sys.stderr)
 
 
-load_json = catalog.load_json
+def load_json(path: Path) -> dict[str, Any] | None:
+    """A job's JSON file (:func:`cesard.catalog.load_json`)."""
+    from cesard import catalog  # sqlite3 and logging: only what needs them pays for them
+
+    return catalog.load_json(path)
 
 
 def locate(spool: Spool, job_id: str, mine: bool = True) -> tuple[str, Path]:
@@ -172,6 +176,8 @@ def as_flags(message: str) -> str:
 def check_model(cfg: configmod.Config, options: jobmod.JobOptions) -> None:
     """InvalidOption unless the daemon's configuration has the model and it speaks the
     language asked for (what the daemon would refuse later, said now)."""
+    from cesard import models
+
     dirs = cfg.model_dirs
     if cfg.engine == "faster-whisper" and options.model not in dirs:
         raise jobmod.InvalidOption(
@@ -445,13 +451,15 @@ def fmt_age(s: float) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from cesard import catalog
+
     spool, _ = open_spool(args)
     states = [args.state] if args.state else list(STATES)
     # Rows the daemon keeps (cesard/catalog.py), used only for names listed below in the
     # same state; readable by those who may see every job (the daemon's user, root, the
     # group in privacy: group).
-    known = catalog.read(spool)
-    rows = []
+    known = catalog.read(spool, args.state, full=args.json or tty())
+    rows: list[dict[str, Any] | tuple[Any, ...]] = []
     hidden = []
     for state in states:
         try:
@@ -460,10 +468,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             hidden.append(state)  # incoming/ in privacy: owner: members may not list it
             continue
         for name in names:
-            if is_ignored_name(name) or "~" in name:
+            if "~" in name or (state == "incoming" and is_ignored_name(name)):
                 continue
             row = known.get(name)
-            if row is not None and row["state"] == state:
+            if row is not None and row[catalog.STATE] == state:
                 rows.append(row)  # the daemon's catalogue, for a name found in this state
                 continue
             path = spool.dir(state) / name
@@ -476,16 +484,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     if hidden and tty():
         print(f"cesarctl: {', '.join(hidden)}/ cannot be listed by {whoami()} (privacy: "
               "owner); 'cesarctl show ID' finds a queued job of yours", file=sys.stderr)
-    if tty() and not args.json:
+    if args.json or tty():
+        dicts = [r if isinstance(r, dict) else catalog.as_dict(r) for r in rows]
+        if args.json:
+            emit(dicts, args)
+            return EX_OK
         running = {r["id"]: r for r in (read_status(spool) or {}).get("running", [])}
-        print(table(rows, running) if rows else "no jobs")
+        print(table(dicts, running) if dicts else "no jobs")
         return EX_OK
-    text = "\n".join(
-        f"{r['id'] or '-'}\t{r['state']}\t{r.get('status') or ''}\t{r.get('file') or ''}"
-        f"\t{r.get('owner') or ''}"
-        for r in rows)
-    emit(rows, args, text)
+    if rows:
+        print("\n".join(tsv(r) for r in rows))
     return EX_OK
+
+
+def tsv(r: dict[str, Any] | tuple[Any, ...]) -> str:
+    """One line of ``cesarctl list`` for scripts: id, state, status, file, owner. A
+    catalogue row starts with state, id, status, file, owner (cesard.catalog.COLUMNS)."""
+    if isinstance(r, dict):
+        return (f"{r['id'] or '-'}\t{r['state']}\t{r.get('status') or ''}"
+                f"\t{r.get('file') or ''}\t{r.get('owner') or ''}")
+    state, job_id, status, file, owner = r[:5]
+    return f"{job_id or '-'}\t{state}\t{status or ''}\t{file or ''}\t{owner or ''}"
 
 
 COLOURS = {"done": "32", "failed": "31", "cancelled": "33", "processing": "36",
@@ -722,6 +741,8 @@ def _follow_end(args: argparse.Namespace, result: dict[str, Any], printed: int) 
 
 def _request(spool: Spool, action: str, job_id: str, timeout: float) -> dict[str, Any]:
     """Drop a request and return the daemon's answer; CtlError when refused or unanswered."""
+    from cesard import control
+
     try:
         name = spool.request(action, job_id, whoami())
     except PermissionError as e:
@@ -818,6 +839,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """The daemon's models (from its status), else those of the configuration."""
+    from cesard import models
+
     spool, cfg = open_spool(args)
     st = read_status(spool)
     rows: list[dict[str, Any]]

@@ -93,7 +93,7 @@ def test_other_host_reclaims_only_after_the_lease(make_daemon: Callable[..., Dae
     a.start(env={"CESAR_HOST_ID": "hosta"})
     # Long enough to be still running on a when a is killed (after b starts and a
     # heartbeats once), short enough for b to finish it within the wait below.
-    job = a.submit_bytes("long.wav", fake_script(sleep=5, text="finished by b"))
+    job = a.submit_bytes("long.wav", fake_script(sleep=8, text="finished by b"))
     wait_until(lambda: (lease_of(spool, job) or {}).get("host") == "hosta", 10, "a's claim")
     b.start(env={"CESAR_HOST_ID": "hostb"})  # b's start-up recovery must leave it alone
     # Let a heartbeat once, so the lease is a refreshed one, then kill a.
@@ -109,7 +109,7 @@ def test_other_host_reclaims_only_after_the_lease(make_daemon: Callable[..., Dae
         assert owner is not None and owner["host"] == "hosta", \
             f"taken {time.monotonic() - killed:.2f} s after the kill, before the lease expired"
         time.sleep(0.02)
-    res = b.wait_result(job, lease * 2 + 10)
+    res = b.wait_result(job, lease * 2 + 20)
     assert res["status"] == "done" and res["text"] == "finished by b"
     assert res["worker"].startswith("hostb:")
     assert res["attempts"] == 2 and res["errors"][0]["type"] == "WorkerCrashed"
