@@ -29,6 +29,7 @@ from cesard.spool import (
     Spool,
     SpoolError,
     is_ignored_name,
+    read_hosts,
     read_small,
 )
 
@@ -405,6 +406,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             data["uptime_s"] = round(time.time() - started, 1)
         except (KeyError, ValueError):
             pass
+    # Every daemon on the spool (several hosts on shared storage), each its own status.
+    hosts: list[dict[str, Any]] = [{"host": h.get("host"), "pid": h.get("pid"),
+              "state": str(h.get("state") or "running") if daemon_alive(h) else "not running",
+              "updated_at": h.get("updated_at"), "workers": len(h.get("workers") or []),
+              "running": [r.get("id") for r in h.get("running") or []]}
+             for h in read_hosts(spool.dir("state"))]
+    data["hosts"] = hosts
     if args.json or not tty():
         if args.json:
             emit(data, args)
@@ -426,6 +434,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             lines.append(f"worker:  {w['pid']} on {w.get('device', 'cpu')}, models "
                          f"{', '.join(w.get('models') or []) or '-'}"
                          + (f", running {w['job']}" if w.get("job") else ""))
+    if len(hosts) > 1 or (hosts and not alive):
+        for h in hosts:
+            lines.append(f"host:    {h['host']}: {h['state']}, pid {h['pid']}, "
+                         f"{h['workers']} worker(s), {len(h['running'])} running, status "
+                         f"{ago(h['updated_at'], time.time())}")
     lines.append("queue:   " + ", ".join(
         f"{'?' if counts[s] is None else counts[s]} {s}" for s in STATES))
     if st and alive:

@@ -1,6 +1,10 @@
 """What the daemon shows of itself: ``state/status.json`` (``cesarctl status``, the
 systemd status line) and the Prometheus metrics file.
 
+Several daemons on one spool (hosts sharing storage) each also write their own
+``state/hosts/HOST.json`` (the same content): status.json is whichever wrote last,
+``cesarctl status`` shows every host from there.
+
 ``snapshot`` builds status.json from the supervisor's state (read only);
 :meth:`cesard.supervisor.Supervisor.publish_status` decides when it is written.
 """
@@ -109,3 +113,4 @@ def warn_if_shared_with_a_local_daemon(sup: Supervisor) -> None:
         log.warning("another cesard (pid %d) already serves spool %s on this host; both "
                     "claim jobs (each still runs once), but status.json shows one of them",
                     pid, sup.spool.root)
+

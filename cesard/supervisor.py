@@ -47,11 +47,13 @@ from cesard.job import JobMeta, JobOptions
 from cesard.metrics import Metrics
 from cesard.pool import StartupError, WorkerProc
 from cesard.spool import (
+    HOSTS,
     Claimed,
     Claimer,
     Entry,
     Spool,
     Unclaimable,
+    host_file_name,
     write_atomic,
 )
 from cesard.systemd import Notifier
@@ -677,9 +679,13 @@ class Supervisor:
         self.status_dirty = self.status_urgent = False
         self.next_status = now + 5.0
         st = self.status(now)
+        data = (json.dumps(st, indent=1) + "\n").encode()
+        hosts = self.spool.dir("state") / HOSTS
         try:
-            write_atomic(self.spool.dir("state"), "status.json",
-                         (json.dumps(st, indent=1) + "\n").encode(), mode=0o644,
+            write_atomic(self.spool.dir("state"), "status.json", data, mode=0o644,
+                         durable=False)
+            hosts.mkdir(mode=0o755, exist_ok=True)
+            write_atomic(hosts, host_file_name(self.me.host), data, mode=0o644,
                          durable=False)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -125,3 +125,16 @@ def test_batching_off(make_daemon: Callable[..., Daemon]) -> None:
     d = make_daemon(batch_max_seconds=0).start()
     ids = queue_while_stopped(d, [(f"o{i}.wav", fake_script(), ()) for i in range(3)])
     assert all(d.wait_result(i)["decoding"] is None for i in ids)
+
+
+def test_long_audio_in_a_batch_runs_alone_after_the_short_ones(
+        make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon(batch_size=4).start()
+    ids = queue_while_stopped(d, [
+        ("long.wav", fake_script(duration=600, text="long"), ()),
+        ("s1.wav", fake_script(text="s1"), ()),
+        ("s2.wav", fake_script(text="s2"), ())])
+    long, s1, s2 = (d.wait_result(i) for i in ids)
+    assert s1["decoding"]["batch_jobs"] == s2["decoding"]["batch_jobs"] == 2
+    assert long["status"] == "done" and long["decoding"] is None  # the single-job path
+    assert jobmod.parse_iso(long["finished_at"]) >= jobmod.parse_iso(s2["finished_at"])

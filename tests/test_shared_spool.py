@@ -160,3 +160,26 @@ def test_a_daemon_whose_claim_was_taken_over_lets_the_job_be(
     assert d.proc is not None and d.proc.poll() is None
     ok = d.submit_bytes("next.wav", fake_script(text="still working"))
     assert d.wait_result(ok)["text"] == "still working"
+
+
+def test_each_host_has_its_own_status_and_status_shows_them_all(
+        make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """Per-host status (issue 14): status.json is whichever daemon wrote last; each daemon
+    also keeps state/hosts/HOST.json, and 'cesarctl status' lists every host."""
+    spool = tmp_path / "spool"
+    a = on_spool(make_daemon, spool, "a").start(env={"CESAR_HOST_ID": "hosta"})
+    b = on_spool(make_daemon, spool, "b").start(env={"CESAR_HOST_ID": "hostb"})
+    job = a.submit_bytes("long.wav", fake_script(sleep=30))
+
+    def hosts() -> dict[str, dict[str, object]]:
+        r = a.ctl("status", "--json")
+        return {str(h["host"]): h for h in json.loads(r.stdout)["hosts"]}
+    wait_until(lambda: {"hosta", "hostb"} <= set(hosts()), 10, "both hosts' status")
+    own = {n: json.loads((spool / "state" / "hosts" / f"{n}.json").read_text())
+           for n in ("hosta", "hostb")}
+    assert own["hosta"]["pid"] == a.proc.pid and own["hostb"]["pid"] == b.proc.pid  # type: ignore[union-attr]
+    wait_until(lambda: any(job in h["running"] for h in hosts().values()), 10, "the job")
+    assert all(h["state"] == "running" for h in hosts().values())
+    assert b.stop() == 0
+    wait_until(lambda: hosts()["hostb"]["state"] == "not running", 10, "hostb stopped")
+    assert hosts()["hosta"]["state"] == "running"
