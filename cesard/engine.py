@@ -33,6 +33,7 @@ from cesard.batch import Clip
 from cesard.checkpoint import Resume
 from cesard.job import JobOptions
 from cesard.models import english_only
+from cesard.spool import STORAGE_ERRNOS
 
 Progress = Callable[[float, float | None], None]
 Transcript = dict[str, Any]
@@ -383,6 +384,10 @@ class WhisperEngine:
         try:
             samples = decode_audio(audio, sampling_rate=16000)
         except Exception as e:  # noqa: BLE001 - PyAV raises many error types
+            if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+                raise jobmod.TransientError(
+                    f"the spool's storage did not answer reading {shown} ({e.strerror}); it "
+                    "is tried again") from e
             raise jobmod.UndecodableAudio(
                 f"{shown} could not be decoded as audio ({decode_reason(e)}); check that it "
                 "is a complete audio or video file (ffmpeg can read it), then submit it "

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from cesard import job as jobmod
 from cesard.pool import StartupError, WorkerProc
+from cesard.spool import STORAGE_ERRNOS
 
 if TYPE_CHECKING:
     from cesard.supervisor import Running, Supervisor
@@ -115,7 +116,15 @@ def on_message(sup: Supervisor, w: WorkerProc, msg: dict[str, Any], now: float) 
     sup.solo.discard(job.id)
     w.served += 1
     try:
-        on_outcome(sup, job, op, msg, now)
+        finish(sup, job, op, msg, now)
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            log.exception("job=%s could not be finished; it is recovered at the next start",
+                          job.id)
+        else:
+            log.warning("job=%s: its result waits: the spool's storage is not answering (%s);"
+                        " it is written when the storage answers again", job.id, e.strerror)
+            sup._storage_away(now, e)
     except Exception:  # noqa: BLE001 - one bad result must not stop the daemon (I6)
         log.exception("job=%s could not be finished; it is recovered at the next start",
                       job.id)
@@ -125,6 +134,26 @@ def on_message(sup: Supervisor, w: WorkerProc, msg: dict[str, Any], now: float) 
         w.retiring = True
     if w.retiring or sup.stopping:
         sup._close_worker(w)
+
+
+def finish(sup: Supervisor, job: Running, op: str, msg: dict[str, Any], now: float) -> None:
+    """:func:`on_outcome`; if the storage does not answer, the outcome waits in
+    ``sup.waiting`` (its lease still heartbeated) and the error goes on up."""
+    try:
+        on_outcome(sup, job, op, msg, now)
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            sup.waiting[job.id] = (job, op, msg)
+        raise
+
+
+def finish_waiting(sup: Supervisor, now: float) -> None:
+    """Write the results that waited for the storage (the first error goes on up: the
+    loop pauses again)."""
+    for job_id in list(sup.waiting):
+        job, op, msg = sup.waiting.pop(job_id)
+        finish(sup, job, op, msg, now)
+        log.info("job=%s: its result, which waited for the storage, is written", job_id)
 
 
 def on_outcome(sup: Supervisor, job: Running, op: str, msg: dict[str, Any], now: float) -> None:

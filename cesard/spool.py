@@ -83,6 +83,10 @@ SEGMENTS = "segments.jsonl"  # segments as the worker decodes them (cesarctl fol
 CHECKPOINT = "checkpoint.json"  # how far SEGMENTS is complete (cesard/checkpoint.py)
 RESERVED = {META, LEASE, RESULT, SUBMISSION, SEGMENTS, CHECKPOINT}
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
+# The storage went away (a network filesystem's server restarting, a partition): the
+# daemon pauses and retries, as for a full disk (Supervisor.step).
+STORAGE_ERRNOS = (errno.ENOTCONN, errno.EIO, errno.ESTALE, errno.EHOSTDOWN,
+                  errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.ECONNABORTED, errno.ECONNRESET)
 
 
 class SpoolError(Exception):

@@ -48,6 +48,7 @@ from cesard.metrics import Metrics
 from cesard.pool import StartupError, WorkerProc
 from cesard.spool import (
     HOSTS,
+    STORAGE_ERRNOS,
     Claimed,
     Claimer,
     Entry,
@@ -61,9 +62,6 @@ from cesard.watch import Watcher
 
 log = logging.getLogger("cesard")
 
-# The storage went away (a network filesystem): pause and retry, like a full disk.
-STORAGE_ERRNOS = (errno.ENOTCONN, errno.EIO, errno.ESTALE, errno.EHOSTDOWN,
-                  errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.ECONNABORTED, errno.ECONNRESET)
 # A job's start or finish reaches status.json within this long (batched under load).
 STATUS_URGENT_S = 0.05
 # Config keys whose change needs new worker processes.
@@ -110,6 +108,8 @@ class Supervisor:
         self.generation = 0
         self.held: Running | None = None  # an exclusive job waiting for the others
         self.solo: set[str] = set()  # jobs a crashed batch held: each runs alone next
+        # results that could not be written while the storage did not answer (replies.py)
+        self.waiting: dict[str, tuple[Running, str, dict[str, Any]]] = {}
         self.batch_since: float | None = None  # a batch waits for more jobs since then
         self.wake_at = float("inf")  # the loop wakes by then (a batch's wait ends)
         self.watcher: Watcher | None = None
@@ -652,6 +652,11 @@ class Supervisor:
                 for job_id in list(w.jobs):
                     if not self.spool.heartbeat(job_id, self.me, now):
                         replies.taken_over(self, w, job_id)
+            for job_id in list(self.waiting):
+                if not self.spool.heartbeat(job_id, self.me, now):
+                    self.waiting.pop(job_id)
+                    log.warning("job=%s: its waiting result is dropped: this daemon's claim "
+                                "was taken over meanwhile", job_id)
         if now >= self.next_recover:
             self.next_recover = now + self.cfg.lease_seconds / 2
             self.recover(now)
@@ -729,6 +734,8 @@ class Supervisor:
     def run_once(self, now: float) -> None:
         """One step of the loop: read what is readable, then act. Never blocks."""
         self._handle_signals(now)
+        if self.waiting and now >= self.disk_full_until:
+            replies.finish_waiting(self, now)
         for w in list(self.workers):
             if w in self.workers:
                 replies.read_worker(self, w, now)

@@ -40,6 +40,7 @@ from cesard import batch, checkpoint
 from cesard import job as jobmod
 from cesard.batch import Clip
 from cesard.engine import Engine, make_engine
+from cesard.spool import STORAGE_ERRNOS
 from cesard.systemd import setup_logging
 
 log = logging.getLogger("cesard.worker")
@@ -58,8 +59,26 @@ def open_audio(path: str, name: str) -> tuple[BinaryIO, dict[str, Any]]:
     """Open without following links or blocking; hash it; return file and source info."""
     shown = jobmod.display_name(name)
     try:
+        return _open_audio(path, shown)
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise storage_error(shown, e) from e
+        raise
+
+
+def storage_error(shown: str, e: OSError) -> jobmod.JobError:
+    """A read the spool's storage did not answer (a network filesystem away): transient,
+    the job is tried again."""
+    return jobmod.TransientError(f"the spool's storage did not answer reading {shown} "
+                                 f"({e.strerror}); it is tried again")
+
+
+def _open_audio(path: str, shown: str) -> tuple[BinaryIO, dict[str, Any]]:
+    try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise
         raise jobmod.UnsupportedFile(f"cannot open {shown}: {e.strerror}") from e
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
@@ -139,6 +158,8 @@ class Worker:
         if isinstance(e, MemoryError):
             err: jobmod.JobError = jobmod.TransientError(
                 "the worker ran out of memory (worker_memory_limit)")
+        elif isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            err = storage_error(f"job {job_id}'s audio", e)
         else:
             log.warning("job=%s engine error", job_id, exc_info=e)
             err = jobmod.EngineError(f"{type(e).__name__}: {e}")

@@ -71,16 +71,19 @@ class Daemon:
         self.config_path.write_text(yaml.safe_dump(self.config))
 
     def start(self, wait_ready: bool = True, env: dict[str, str] | None = None,
-              args: tuple[str, ...] = (), user: tuple[int, int] | None = None) -> Daemon:
-        """Start cesard; ``user`` (uid, gid) runs it as that user (the test is root)."""
+              args: tuple[str, ...] = (), user: tuple[int, int] | None = None,
+              prefix: tuple[str, ...] = ()) -> Daemon:
+        """Start cesard; ``user`` (uid, gid) runs it as that user (the test is root);
+        ``prefix`` runs it through another command (``ip netns exec NS``, which execs it:
+        the pid stays cesard's)."""
         self.write_config()
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         ids: dict[str, Any] = {}
         if user is not None:
             ids = {"user": user[0], "group": user[1], "extra_groups": []}
         self.proc = subprocess.Popen(
-            [str(BIN / "cesard"), "--config", str(self.config_path), "--spool", str(self.spool),
-             *args], stdout=log, stderr=log, env={**self.env, **(env or {})},
+            [*prefix, str(BIN / "cesard"), "--config", str(self.config_path), "--spool",
+             str(self.spool), *args], stdout=log, stderr=log, env={**self.env, **(env or {})},
             start_new_session=True, **ids)
         log.close()
         if wait_ready:
