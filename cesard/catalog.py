@@ -87,7 +87,7 @@ def _values(name: str, row: dict[str, Any]) -> tuple[Any, ...]:
                     for k in COLUMNS))
 
 
-Row = tuple[Any, ...]  # COLUMNS (or the first SHORT of them), in order
+Row = tuple[Any, ...]  # COLUMNS (or the first SHORT of them), in order, then the name
 STATE, ID, STATUS, FILE_, OWNER = range(SHORT)
 
 
@@ -99,12 +99,13 @@ def read(spool: Spool, state: str | None = None, full: bool = True) -> dict[str,
     path = spool.dir("state") / FILE
     if not os.access(path, os.R_OK):
         return {}
-    query = f"SELECT name, {', '.join(COLUMNS if full else COLUMNS[:SHORT])} FROM jobs"
+    # name last: a row is the tuple as it comes, no copy (200,000 of them for a list)
+    query = f"SELECT {', '.join(COLUMNS if full else COLUMNS[:SHORT])}, name FROM jobs"
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
         try:
             cur = db.execute(query + " WHERE state = ?", (state,)) if state else db.execute(query)
-            return {r[0]: r[1:] for r in cur}
+            return {r[-1]: r for r in cur}
         finally:
             db.close()
     except sqlite3.Error:
@@ -113,7 +114,7 @@ def read(spool: Spool, state: str | None = None, full: bool = True) -> dict[str,
 
 def as_dict(row: Row) -> dict[str, Any]:
     """A catalogue row as ``cesarctl list --json`` shows it (what :func:`describe` gives)."""
-    d = {k: v for k, v in zip(COLUMNS, row, strict=True)
+    d = {k: v for k, v in zip(COLUMNS, row[:len(COLUMNS)], strict=True)
          if v is not None or k in ("id", "state", "file", "owner")}
     if "error" in d:
         try:

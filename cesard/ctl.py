@@ -481,11 +481,11 @@ def cmd_list(args: argparse.Namespace) -> int:
             hidden.append(state)  # incoming/ in privacy: owner: members may not list it
             continue
         for name in names:
-            if "~" in name or (state == "incoming" and is_ignored_name(name)):
-                continue
-            row = known.get(name)
+            row = known.get(name)  # (the catalogue holds no name skipped just below)
             if row is not None and row[catalog.STATE] == state:
                 rows.append(row)  # the daemon's catalogue, for a name found in this state
+                continue
+            if "~" in name or (state == "incoming" and is_ignored_name(name)):
                 continue
             path = spool.dir(state) / name
             if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
