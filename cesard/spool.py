@@ -32,8 +32,9 @@ Rules:
   the pid's start time, a per-start token) and a heartbeat time, refreshed
   while the job runs. A claim is orphaned when its claimer is provably gone
   (same host and boot, pid dead or reused; or same host, other boot) or its
-  heartbeat is older than ``lease_seconds``. An entry with no lease yet counts
-  from its ctime.
+  lease has stayed the same for ``lease_seconds`` as the recoverer watched it,
+  on the recoverer's own clock (never another host's clock). An
+  entry with no lease yet counts the same way, from when it was first seen.
 * Recovery (:func:`recover`, at start-up and then periodically for leases of
   other hosts): an orphaned entry is first stolen by renaming it to
   ``processing/ID~rTOKEN`` (exactly one recoverer wins), then ``attempts`` is
@@ -213,11 +214,13 @@ class Claimer:
         return json.dumps(d).encode()
 
 
-def lease_orphaned(lease: dict[str, Any] | None, since: float, me: Claimer, now: float,
+def lease_orphaned(lease: dict[str, Any] | None, unchanged_for: float, me: Claimer,
                    lease_seconds: float) -> bool:
-    """True when the claim's holder is gone (see the module docstring)."""
+    """True when the claim's holder is gone (see the module docstring). ``unchanged_for``:
+    how long this daemon has seen the lease (or the leaseless entry) stay exactly as it
+    is, on its own clock: no other host's clock is ever compared with ours."""
     if lease is None:
-        return now - since > lease_seconds
+        return unchanged_for > lease_seconds
     if lease.get("token") == me.token:
         return False
     if lease.get("host") == me.host:
@@ -229,10 +232,7 @@ def lease_orphaned(lease: dict[str, Any] | None, since: float, me: Claimer, now:
         if pid == me.pid:
             return True  # an earlier start of this daemon, same pid reused
         return pid_start(pid) != lease.get("pid_start")
-    heartbeat = lease.get("heartbeat")
-    if not isinstance(heartbeat, (int, float)):
-        return now - since > lease_seconds
-    return now - heartbeat > lease_seconds
+    return unchanged_for > lease_seconds
 
 
 # --- the spool ----------------------------------------------------------------
@@ -282,6 +282,8 @@ class Spool:
         self.root = Path(root)
         # Set by the daemon for a shared spool in privacy: owner (cesard.privacy).
         self.guard: Guard | None = None
+        # processing/ name → (its lease as last seen, monotonic time it was first seen so)
+        self.leases_seen: dict[str, tuple[str, float]] = {}
         self.job_dir_mode = 0o750
 
     def __repr__(self) -> str:
@@ -773,15 +775,20 @@ class Spool:
         return dst
 
     def orphans(self, me: Claimer, now: float, lease_seconds: float) -> list[str]:
-        """Entries of processing/ whose claimer is gone."""
+        """Entries of processing/ whose claimer is gone. Another host's claim is gone when
+        its lease has not changed for ``lease_seconds`` of this daemon's own clock
+        since this daemon first saw it so (its heartbeat time is never compared
+        with our clock: a host whose clock is off neither loses live claims nor keeps
+        dead ones); an entry first seen now counts from now."""
         out = []
+        mono = now  # this daemon's own clock (steppable: run_once(now))
+        seen: dict[str, tuple[str, float]] = {}
         for name in self.scan("processing"):
             path = self.dir("processing") / name
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
                 continue
-            since = max(st.st_mtime, st.st_ctime)
             if not stat.S_ISDIR(st.st_mode):
                 out.append(name)
                 continue
@@ -798,8 +805,16 @@ class Spool:
                         continue
                 except OSError:
                     pass
-            if lease_orphaned(lease, since, me, now, lease_seconds):
+            # What this entry looks like now; a live holder changes it at every heartbeat.
+            look = (json.dumps(lease, sort_keys=True) if lease is not None
+                    else f"{st.st_mtime_ns} {st.st_ctime_ns}")
+            first = self.leases_seen.get(name)
+            if first is None or first[0] != look:
+                first = (look, mono)
+            seen[name] = first
+            if lease_orphaned(lease, mono - first[1], me, lease_seconds):
                 out.append(name)
+        self.leases_seen = seen
         return out
 
     def recover(self, name: str, max_attempts: int, now: float, reason: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -183,3 +184,37 @@ def test_each_host_has_its_own_status_and_status_shows_them_all(
     assert b.stop() == 0
     wait_until(lambda: hosts()["hostb"]["state"] == "not running", 10, "hostb stopped")
     assert hosts()["hosta"]["state"] == "running"
+
+
+FAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="libfaketime is not installed (apt-get install "
+                    "faketime)")
+@pytest.mark.parametrize("skew", ["-10m", "+10m"])
+def test_a_host_whose_clock_is_off_neither_loses_live_claims_nor_keeps_dead_ones(
+        make_daemon: Callable[..., Daemon], tmp_path: Path, skew: str) -> None:
+    """Leases never compare another host's clock with ours (issue 14): host a runs ten
+    minutes behind or ahead (libfaketime). Behind, its live claim looked ten minutes
+    stale to b; ahead, its dead claim looked alive for ten more minutes."""
+    lease = 3.0
+    spool = tmp_path / "spool"
+    a = on_spool(make_daemon, spool, "a", lease_seconds=lease)
+    b = on_spool(make_daemon, spool, "b", lease_seconds=lease)
+    a.start(env={"CESAR_HOST_ID": "hosta", "LD_PRELOAD": str(FAKETIME), "FAKETIME": skew,
+                 "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    b.start(env={"CESAR_HOST_ID": "hostb"})
+    b.signal(signal.SIGSTOP)  # a claims the job
+    job = a.submit_bytes("long.wav", fake_script(sleep=3 * lease, text="a's"))
+    wait_until(lambda: (lease_of(spool, job) or {}).get("host") == "hosta", 10, "a's claim")
+    b.signal(signal.SIGCONT)
+    if skew.startswith("-"):
+        res = b.wait_result(job, 30)
+        assert res["worker"].startswith("hosta:") and res["attempts"] == 1, res["errors"]
+        assert f"job={job} recovered" not in b.log()
+    else:
+        a.kill_all()
+        t = time.monotonic()
+        res = b.wait_result(job, 60)
+        assert res["worker"].startswith("hostb:") and res["attempts"] == 2
+        assert time.monotonic() - t < 6 * lease + 3 * lease  # reclaimed after the lease

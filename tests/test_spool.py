@@ -132,22 +132,24 @@ def test_lease_rules(tmp_path: Path) -> None:
     me = Claimer.me()
     now = time.time()
     mine = json.loads(me.lease(now))
-    assert not lease_orphaned(mine, now, me, now, 60)
+    assert not lease_orphaned(mine, 0, me, 60)
     earlier_start = dict(mine, token="other")  # same pid, earlier start of this daemon
-    assert lease_orphaned(earlier_start, now, me, now, 60)
+    assert lease_orphaned(earlier_start, 0, me, 60)
     other_boot = dict(mine, token="x", boot_id="another-boot")
-    assert lease_orphaned(other_boot, now, me, now, 60)
+    assert lease_orphaned(other_boot, 0, me, 60)
     parent = os.getppid()
     from cesard.spool import pid_start
     alive_local = dict(mine, token="x", pid=parent, pid_start=pid_start(parent))
-    assert not lease_orphaned(alive_local, now, me, now, 60)
+    assert not lease_orphaned(alive_local, 0, me, 60)
     reused_pid = dict(alive_local, pid_start=1)
-    assert lease_orphaned(reused_pid, now, me, now, 60)
-    remote = dict(mine, token="x", host="elsewhere", heartbeat=now - 30)
-    assert not lease_orphaned(remote, now, me, now, 60)
-    assert lease_orphaned(dict(remote, heartbeat=now - 61), now, me, now, 60)
-    assert not lease_orphaned(None, now - 10, me, now, 60)
-    assert lease_orphaned(None, now - 61, me, now, 60)
+    assert lease_orphaned(reused_pid, 0, me, 60)
+    # Another host: only how long we watched its lease stay the same counts, never its
+    # heartbeat time against our clock (its clock may be off by minutes).
+    remote = dict(mine, token="x", host="elsewhere", heartbeat=now - 3600)
+    assert not lease_orphaned(remote, 30, me, 60)
+    assert lease_orphaned(dict(remote, heartbeat=now + 3600), 61, me, 60)
+    assert not lease_orphaned(None, 10, me, 60)
+    assert lease_orphaned(None, 61, me, 60)
 
 
 def test_recover_counts_an_attempt_and_keeps_the_place(tmp_path: Path) -> None:
@@ -172,6 +174,7 @@ def test_recover_counts_an_attempt_and_keeps_the_place(tmp_path: Path) -> None:
     for _ in range(2):
         e = s.entry_key(job_id)
         assert e is not None and s.claim(e, dead, time.time()) is not None
+        assert s.orphans(me, time.time(), 60) == []  # first seen now: watched from now
         (name,) = s.orphans(me, time.time() + 61, 60)
         state, _ = s.recover(name, 3, time.time(), "gone")
     assert state == "failed"
