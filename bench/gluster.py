@@ -95,9 +95,8 @@ def wait_done(spool: Path, n: int, timeout: float) -> float:
 
 
 def measure(spool: Path, hosts: list[tuple[str, str | None]], work: Path) -> dict[str, Any]:
-    for d in ("tmp", "incoming", "processing", "deferred", "done", "failed", "control",
-              "state"):
-        (spool / d).mkdir(parents=True, exist_ok=True)
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    spool.mkdir(mode=0o700)  # a private spool: cesard makes the rest (privacy: owner)
     procs = [start(spool, h, n, work) for h, n in hosts]
     try:
         n = 300
