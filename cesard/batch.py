@@ -8,8 +8,9 @@ pools the chunks of all the jobs, sorts them by length and decodes them
 ``batch_size`` at a time. Each pass feeds the encoder only as many frames as
 its longest chunk needs plus :data:`PAD_FRAMES` (Whisper pads every window to
 30 s; for a 10 s voicemail two thirds of the encoder's work was silence):
-measured on 60 espeak-ng clips of 5-15 s on 2 cores, 3.4x faster than
-sequential decoding with the same or a lower WER (bench/RESULTS.md).
+measured on 60 espeak-ng clips on 2 cores, one process, 2.8x faster than
+sequential decoding (WER 11.25 % against 11.88 %); in the daemon, 2.16x over
+one job per worker and 2.03x the ideal split (bench/RESULTS-short.md).
 
 Chunks of different jobs only ever share a pass, never a window: each chunk is
 its own row of the batch, so no job's words can land in another's transcript.
