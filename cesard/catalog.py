@@ -65,19 +65,26 @@ def describe(spool: Spool, state: str, name: str) -> dict[str, Any]:
         d.update(id=None, file=jobmod.display_name(name), owner=jobmod.user_name(st.st_uid))
         return d
     meta = load_json(path / "job.json") or {}
-    d["submitted_at"] = meta.get("submitted_at")
-    d["file"] = meta.get("source_name")
-    d["submitter"] = meta.get("submitter")
     owner = meta.get("owner")
-    d["owner"] = jobmod.user_name(owner if isinstance(owner, int) else st.st_uid)
-    d["priority"] = (meta.get("options") or {}).get("priority", "normal")
-    if state in ("done", "failed"):
-        res = load_json(path / "result.json") or {}
-        d["status"] = res.get("status")
-        d["finished_at"] = res.get("finished_at")
-        d["duration"] = res.get("duration")
-        if res.get("error"):
-            d["error"] = res["error"]
+    res = (load_json(path / "result.json") or {}) if state in ("done", "failed") else None
+    return row(state, name, meta, jobmod.user_name(owner if isinstance(owner, int)
+                                                   else st.st_uid), res)
+
+
+def row(state: str, job_id: str, meta: dict[str, Any], owner: str,
+        result: dict[str, Any] | None) -> dict[str, Any]:
+    """A job's row from its job.json fields (``submitted_at``, ``source_name``,
+    ``submitter``, ``options``), its owner's name and, once finished, its result."""
+    d: dict[str, Any] = {
+        "id": job_id, "state": state, "submitted_at": meta.get("submitted_at"),
+        "file": meta.get("source_name"), "submitter": meta.get("submitter"), "owner": owner,
+        "priority": (meta.get("options") or {}).get("priority", "normal")}
+    if result is not None:
+        d["status"] = result.get("status")
+        d["finished_at"] = result.get("finished_at")
+        d["duration"] = result.get("duration")
+        if result.get("error"):
+            d["error"] = result["error"]
     return d
 
 
@@ -184,15 +191,9 @@ class Catalog:
         if not isinstance(owner, dict):
             self.put(state, str(result["id"]))
             return
-        row = {"id": result["id"], "state": state, "submitted_at": result.get("submitted_at"),
-               "file": source_name, "submitter": result.get("submitter"),
-               "owner": owner.get("name"),
-               "priority": (result.get("options") or {}).get("priority", "normal"),
-               "status": result.get("status"), "finished_at": result.get("finished_at"),
-               "duration": result.get("duration")}
-        if result.get("error"):
-            row["error"] = result["error"]
-        self.pending[str(result["id"])] = row
+        meta = {**result, "source_name": source_name}  # result.json repeats job.json's fields
+        self.pending[str(result["id"])] = row(state, str(result["id"]), meta,
+                                              str(owner.get("name")), result)
 
     def flush(self) -> None:
         if self.db is None or not self.pending:

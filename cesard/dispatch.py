@@ -89,10 +89,11 @@ def dispatch(sup: Supervisor, now: float) -> None:
             sup.held = job
             return
         jobs = [job]
-        if batchable(sup, entry, job):
+        batched = batchable(sup, entry, job)
+        if batched:
             share = math.ceil((len(sup.index) + 1) / len(idle))
             jobs += followers(sup, entry, min(batch_jobs(sup), share) - 1, now)
-        start(sup, pick(idle, job), jobs, now, batched=batchable(sup, entry, job))
+        start(sup, pick(idle, job), jobs, now, batched)
 
 
 def waits_for_more(sup: Supervisor, now: float) -> bool:

@@ -598,14 +598,14 @@ class Supervisor:
 
     def _retry_or_fail(self, job: Running, err: jobmod.JobError, now: float) -> None:
         """A transient failure: defer for a retry, or fail past max_attempts."""
-        if not self._ours(job, "retried"):
-            return
         if job.meta.attempts + 1 >= self.cfg.max_attempts:
             final = jobmod.TransientError(
                 f"{err}; gave up after {job.meta.attempts + 1} attempts "
                 f"(max_attempts={self.cfg.max_attempts})")
             final.type = err.type
-            self._finish(job, "failed", None, None, final, now)
+            self._finish(job, "failed", None, None, final, now)  # (fenced there)
+            return
+        if not self._ours(job, "retried"):
             return
         meta = job.meta
         meta.attempts += 1
