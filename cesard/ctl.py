@@ -513,10 +513,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def tsv(r: dict[str, Any] | tuple[Any, ...]) -> str:
     """One line of ``cesarctl list`` for scripts: id, state, status, file, owner. A
     catalogue row starts with state, id, status, file, owner (cesard.catalog.COLUMNS)."""
-    if isinstance(r, dict):
-        return (f"{r['id'] or '-'}\t{r['state']}\t{r.get('status') or ''}"
-                f"\t{r.get('file') or ''}\t{r.get('owner') or ''}")
-    state, job_id, status, file, owner = r[:5]
+    state, job_id, status, file, owner = (
+        r[:5] if isinstance(r, tuple)
+        else (r["state"], r["id"], r.get("status"), r.get("file"), r.get("owner")))
     return f"{job_id or '-'}\t{state}\t{status or ''}\t{file or ''}\t{owner or ''}"
 
 

@@ -297,7 +297,6 @@ class WhisperEngine:
     def transcribe(self, audio: BinaryIO, name: str, options: JobOptions,
                    progress: Progress, sink: Sink | None = None,
                    resume: Resume | None = None) -> Transcript:
-        import faster_whisper
 
         shown = jobmod.display_name(name)
         samples, duration = self.prepare(audio, name, options)
@@ -371,12 +370,17 @@ class WhisperEngine:
             "duration": round(duration, 3),
             "resumed_from": round(resume.at if resume is not None and (offset or clip)
                                   else 0.0, 3),
-            "engine": {"name": "faster-whisper", "version": faster_whisper.__version__,
-                       "model": options.model, "compute_type": self.compute_type,
-                       "device": self.device,
-                       "batch_size": batch_size if batched else None},
+            "engine": self._info(options.model, batch_size if batched else None),
             "decoding": decoding,
         }
+
+    def _info(self, model: str, batch_size: int | None) -> dict[str, Any]:
+        """result.json's ``engine``."""
+        import faster_whisper
+
+        return {"name": "faster-whisper", "version": faster_whisper.__version__,
+                "model": model, "compute_type": self.compute_type, "device": self.device,
+                "batch_size": batch_size}
 
     def prepare(self, audio: BinaryIO, name: str, options: JobOptions) -> tuple[Any, float]:
         """Check the options against the model, load it, decode the file to 16 kHz
@@ -411,7 +415,6 @@ class WhisperEngine:
         """Decode prepared short clips with the same text options in shared passes
         (:mod:`cesard.batch`); yield (clip, transcript) as each is complete, or
         (clip, None) for one the worker must run alone."""
-        import faster_whisper
 
         options = clips[0].options
         model = self.held.get(options.model)
@@ -433,9 +436,7 @@ class WhisperEngine:
                 "segments": segments, "language": info.language,
                 "language_probability": round(float(info.language_probability or 0.0), 4),
                 "duration": round(clip.duration, 3), "resumed_from": 0.0,
-                "engine": {"name": "faster-whisper", "version": faster_whisper.__version__,
-                           "model": options.model, "compute_type": self.compute_type,
-                           "device": self.device, "batch_size": batch_size},
+                "engine": self._info(options.model, batch_size),
                 "decoding": decoding,
             }
 
