@@ -26,14 +26,17 @@ log = logging.getLogger("cesard")
 
 
 def read_worker(sup: Supervisor, w: WorkerProc, now: float) -> None:
+    """Handle every complete reply; at EOF, the replies it sent before it went first (a
+    batch's finished jobs, then the death of the worker for the rest)."""
+    gone = False
     while True:
         try:
             chunk = os.read(w.reply_fd, 1 << 16)
         except BlockingIOError:
             break
         if not chunk:
-            worker_gone(sup, w, now)
-            return
+            gone = True
+            break
         w.buf += chunk
     while b"\n" in w.buf:
         line, _, rest = bytes(w.buf).partition(b"\n")
@@ -45,6 +48,8 @@ def read_worker(sup: Supervisor, w: WorkerProc, now: float) -> None:
             sup._kill_worker(w)
             return
         on_message(sup, w, msg, now)
+    if gone:
+        worker_gone(sup, w, now)
 
 
 def worker_gone(sup: Supervisor, w: WorkerProc, now: float) -> None:

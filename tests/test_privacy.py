@@ -251,6 +251,20 @@ def test_another_member_can_neither_list_read_change_nor_remove_a_job(box: Box) 
     assert json.loads(r.stdout)["queue"]["done"] >= 2
 
 
+def test_the_list_catalogue_is_the_daemons_alone(box: Box) -> None:
+    """state/catalog.sqlite holds every user's file names: in privacy: owner the kernel
+    refuses it to members and admins alike; their cesarctl list reads the job
+    directories they may open instead."""
+    job = box.submit(box.alice, "catalogued.wav", fake_script(text="in the catalogue"))
+    done_result(box, job)
+    cat = box.d.spool / "state" / "catalog.sqlite"
+    wait_until(cat.exists, 30, "the catalogue")
+    for who in (box.alice, box.bob, box.admin):
+        assert box.attempt(who, "read", cat) == "EACCES", who.name
+    assert job in box.ctl(box.alice, "list").stdout
+    assert job not in box.ctl(box.bob, "list").stdout
+
+
 def test_plain_cp_is_private_and_owned_by_the_copier(box: Box) -> None:
     d, alice, bob = box.d, box.alice, box.bob
     src = box.own_file(alice, "dictation.wav", fake_script(text="cp by alice", sleep=1))
