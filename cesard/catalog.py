@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cesard import fsops
 from cesard import job as jobmod
 from cesard.spool import Spool, is_ignored_name, read_small
 
@@ -49,7 +50,7 @@ SCHEMA = (f"CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, {', '.join(C
 def load_json(path: Path) -> dict[str, Any] | None:
     """A JSON object file of a job (None when missing, unreadable or not an object)."""
     try:
-        d = json.loads(read_small(path, 64 << 20))
+        d = fsops.parse_json(read_small(path, 64 << 20), 64 << 20, max_depth=64)
         return d if isinstance(d, dict) else None
     except (OSError, ValueError, jobmod.JobError):
         return None
@@ -90,8 +91,18 @@ def row(state: str, job_id: str, meta: dict[str, Any], owner: str,
 
 def _values(name: str, row: dict[str, Any]) -> tuple[Any, ...]:
     err = row.get("error")
-    return (name, *(json.dumps(err) if k == "error" and err is not None else row.get(k)
+    return (name, *(json.dumps(err) if k == "error" and err is not None else _cell(row.get(k))
                     for k in COLUMNS))
+
+
+def _cell(value: Any) -> Any:
+    """A value SQLite can store: text that is not valid UTF-8 (a lone surrogate from a
+    member's job.json) spelled with escapes; anything but text and numbers as JSON."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if value is None or isinstance(value, (int, float)):
+        return value
+    return json.dumps(value, ensure_ascii=True)[:1000]
 
 
 Row = tuple[Any, ...]  # COLUMNS (or the first SHORT of them), in order, then the name
@@ -182,7 +193,7 @@ class Catalog:
         """Read ``state/name``'s row from its files now; written at the next flush."""
         try:
             self.pending[name] = describe(self.spool, state, name)
-        except OSError:
+        except Exception:  # noqa: BLE001 - an entry never stops the catalogue or the daemon
             self.pending[name] = None
 
     def finished(self, state: str, result: dict[str, Any], source_name: str | None) -> None:
@@ -207,7 +218,7 @@ class Catalog:
                                 f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})", put)
             self.db.executemany("DELETE FROM jobs WHERE name = ?", drop)
             self.db.execute("COMMIT")
-        except sqlite3.Error as e:
+        except (sqlite3.Error, ValueError) as e:  # UnicodeEncodeError among them
             log.warning("job catalogue %s: %s; it is made again (rows are read from the job "
                         "files meanwhile)", self.path, e)
             self.db.close()
@@ -236,6 +247,8 @@ class Catalog:
                 if name.startswith(".") or "~" in name or (state == "incoming"
                                                            and is_ignored_name(name)):
                     continue
+                if jobmod.display_name(name) != name:
+                    continue  # not UTF-8: no row (cesarctl list reads its files)
                 yield state, name
 
     def step(self, now: float, interval: float, budget: float = 0.02) -> None:

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from cesard import job as jobmod
 from cesard import privacy
+from cesard.fsops import write_atomic
 from cesard.job import JobMeta, JobOptions
-from cesard.spool import Unclaimable, write_atomic
+from cesard.spool import Unclaimable
 
 if TYPE_CHECKING:
     from cesard.supervisor import Supervisor
@@ -153,9 +154,35 @@ class Control:
         if self.sup.cfg.privacy == "group" and owner is not None:
             return  # every member may act on every job
         if not privacy.may_act_on(sender, owner, admin_gid):
-            raise Denied(f"job {job_id} belongs to {jobmod.user_name(owner or 0)}, not to "
-                          f"{jobmod.user_name(sender)}: only its owner, root or a member of "
-                          f"admin_group may {action} it")
+            raise self._none_to(job_id, action)
+
+    def _none_to(self, job_id: str, action: str) -> Denied:
+        """The one answer a member gets for a job that is not theirs, whether it exists or
+        not: neither its owner nor its existence is told."""
+        return Denied(f"{job_id}: no job you may {action} (only a job's owner, root or a "
+                      f"member of admin_group may {action} it); check the id with "
+                      "'cesarctl list'")
+
+    def _unknown(self, job_id: str, sender: int, action: str, message: str) -> Refused:
+        """``message`` for its owner, root or an admin; the answer of :meth:`_none_to`
+        for anyone else (a guessed id tells nothing)."""
+        for state in ("done", "failed", "processing", "incoming", "deferred"):
+            try:
+                owner = self._owner_on_disk(state, job_id)
+            except FileNotFoundError:
+                continue
+            try:
+                self._authorize(job_id, owner, sender, action)
+            except Denied as e:
+                return e
+            return Refused(message)
+        try:
+            admin_gid = privacy.group_id(self.sup.cfg.admin_group)
+        except privacy.PrivacyError:
+            admin_gid = None
+        if self.sup.cfg.privacy == "group" or privacy.may_act_on(sender, None, admin_gid):
+            return Refused(message)
+        return self._none_to(job_id, action)
 
     def _owner_on_disk(self, state: str, job_id: str) -> int | None:
         path = self.sup.spool.dir(state) / job_id
@@ -199,7 +226,9 @@ class Control:
             self._authorize(job_id, owner, sender, "cancel")
             if self._cancel_queued(state, job_id, now):
                 return f"cancelled while {state}"
-        raise Refused(f"job {job_id} is not queued or running (finished already, or unknown)")
+        raise self._unknown(job_id, sender, "cancel",
+                            f"job {job_id} is not queued or running (finished already, or "
+                            "unknown)")
 
     def _cancel_queued(self, state: str, job_id: str, now: float) -> bool:
         """Take a queued or deferred job and finish it as cancelled; False if it moved."""
@@ -245,8 +274,9 @@ class Control:
         try:
             owner = self._owner_on_disk("failed", job_id)
         except FileNotFoundError:
-            raise Refused(f"job {job_id} is not in failed/; only failed jobs can be "
-                          "retried") from None
+            raise self._unknown(job_id, sender, "retry",
+                                f"job {job_id} is not in failed/; only failed jobs can be "
+                                "retried") from None
         if not src.is_dir() or src.is_symlink():
             raise Refused(f"failed/{job_id} is not a job directory")
         self._authorize(job_id, owner, sender, "retry")

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from cesard import checkpoint, privacy
 from cesard import job as jobmod
-from cesard.spool import RESULT, Spool, file_sha256, read_small
+from cesard.fsops import file_sha256
+from cesard.spool import RESULT, Spool, read_small
 
 if TYPE_CHECKING:
     from cesard.pool import WorkerProc

@@ -57,10 +57,17 @@ def batchable(sup: Supervisor, entry: Entry, job: Running) -> bool:
             and not job.options.exclusive and not job.options.word_timestamps)
 
 
+# Entries one loop step may refuse (claim and fail without a worker: a flood of FIFOs)
+# before the loop reads new events again: a member's junk costs that member's turns,
+# never another member's job its place in the queue.
+REFUSALS_PER_STEP = 16
+
+
 def dispatch(sup: Supervisor, now: float) -> None:
     """Claim jobs for idle workers, in queue order."""
     if sup.stopping or now < sup.disk_full_until or sup.indexing is not None:
         return
+    refused = 0
     while True:
         idle = idle_workers(sup)
         if not idle:
@@ -83,6 +90,10 @@ def dispatch(sup: Supervisor, now: float) -> None:
         if job is None:
             if now < sup.disk_full_until:
                 return  # the disk is full: the entry is back in the index; pause
+            refused += 1
+            if refused >= REFUSALS_PER_STEP:
+                sup.wake_at = now  # go on at once, after reading what arrived meanwhile
+                return
             continue
         if job.options.exclusive and running:
             log.info("job=%s is exclusive: waiting for %d running job(s)", job.id, len(running))
@@ -114,12 +125,11 @@ def waits_for_more(sup: Supervisor, now: float) -> bool:
 
 
 def claim(sup: Supervisor, entry: Entry, now: float) -> Running | None:
-    try:
-        return sup._claim(entry, now)
-    except Exception:  # noqa: BLE001 - one bad entry must not stop the daemon (I6)
-        log.exception("claiming %s failed; it stays where it is and is retried "
-                      "after a restart", jobmod.display_name(entry.name))
-        return None
+    """Claim ``entry`` (an unexpected error sets it aside: cesard/quarantine.py)."""
+    job = None
+    with sup.quarantine.guard("incoming", entry.name, "claiming"):
+        job = sup._claim(entry, now)
+    return job
 
 
 def followers(sup: Supervisor, head: Entry, room: int, now: float) -> list[Running]:

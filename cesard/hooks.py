@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from cesard import job as jobmod
-from cesard.spool import RESULT, read_small, write_atomic
+from cesard.fsops import write_atomic
+from cesard.spool import RESULT, read_small
 
 log = logging.getLogger("cesard.hooks")
 

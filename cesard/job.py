@@ -17,6 +17,8 @@ import socket
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from cesard.fsops import BadJSON, parse_json
+
 SCHEMA = 1
 PRIORITIES = ("high", "normal", "low")
 FORMATS = ("txt", "srt", "vtt", "json")
@@ -120,7 +122,25 @@ def iso(t: dt.datetime | float) -> str:
 
 
 def parse_iso(s: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    """An ISO 8601 time; one without a time zone is taken as UTC (never naive)."""
+    t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+
+def is_utc_time(value: Any) -> bool:
+    """Whether ``value`` is an ISO 8601 time string with a time zone."""
+    if not isinstance(value, str) or len(value) > 64:
+        return False
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return t.tzinfo is not None and 1 <= t.year <= 9999
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def hostname() -> str:
@@ -276,15 +296,10 @@ class JobMeta:
     @classmethod
     def from_json(cls, data: bytes, where: str = "job.json") -> JobMeta:
         """Parse ``job.json``; raise :class:`InvalidJob` naming what is wrong."""
-        if len(data) > MAX_JOB_JSON_BYTES:
-            raise InvalidJob(f"{where} is larger than {MAX_JOB_JSON_BYTES} bytes")
         try:
-            d = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidJob(f"{where} is not valid JSON ({e}); rewrite it or resubmit") from e
-        except RecursionError as e:
-            raise InvalidJob(f"{where} is nested too deeply to parse; rewrite it or "
-                             "resubmit") from e
+            d = parse_json(data, MAX_JOB_JSON_BYTES)
+        except BadJSON as e:
+            raise InvalidJob(f"{where} is {e}; rewrite it or resubmit") from None
         if not isinstance(d, dict):
             raise InvalidJob(f"{where} must hold a JSON object")
         known = {"schema", "id", "submitted_at", "submitter", "source_name", "options",
@@ -299,11 +314,16 @@ class JobMeta:
         if not isinstance(job_id, str) or not valid_id(job_id):
             raise InvalidJob(f"{where}: 'id' must use only [A-Za-z0-9._-], got {job_id!r}")
         sub = d.get("submitted_at")
-        try:
-            parse_iso(str(sub))
-        except ValueError as e:
-            raise InvalidJob(
-                f"{where}: 'submitted_at' must be an ISO 8601 time, got {sub!r}") from e
+        if not is_utc_time(sub):
+            raise InvalidJob(f"{where}: 'submitted_at' must be an ISO 8601 time with a time "
+                             f"zone, such as '2026-11-24T03:15:01Z', got {_short(sub)}")
+        not_before = d.get("not_before")
+        if not_before is not None and not is_utc_time(not_before):
+            raise InvalidJob(f"{where}: 'not_before' must be null or an ISO 8601 time with a "
+                             f"time zone, got {_short(not_before)}")
+        submitter = d.get("submitter", "")
+        if not isinstance(submitter, str) or len(submitter) > 256:
+            raise InvalidJob(f"{where}: 'submitter' must be a string of at most 256 characters")
         src = d.get("source_name")
         if src is not None and (not isinstance(src, str) or "/" in src or src in (".", "..")
                                 or src.startswith(".")):
@@ -312,17 +332,16 @@ class JobMeta:
         if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
             raise InvalidJob(f"{where}: 'attempts' must be a non-negative integer")
         errors = d.get("errors") or []
-        if not isinstance(errors, list):
-            raise InvalidJob(f"{where}: 'errors' must be a list")
+        if not isinstance(errors, list) or not all(isinstance(e, dict) for e in errors):
+            raise InvalidJob(f"{where}: 'errors' must be a list of objects")
         opts = d.get("options") or {}
         if not isinstance(opts, dict):
             raise InvalidJob(f"{where}: 'options' must be a mapping")
         owner = d.get("owner")
         if owner is not None and (not isinstance(owner, int) or isinstance(owner, bool)):
             raise InvalidJob(f"{where}: 'owner' must be a uid")
-        return cls(id=job_id, options=opts, submitted_at=str(sub),
-                   submitter=str(d.get("submitter", "")), source_name=src,
-                   attempts=attempts, errors=errors, not_before=d.get("not_before"),
+        return cls(id=job_id, options=opts, submitted_at=str(sub), submitter=submitter,
+                   source_name=src, attempts=attempts, errors=errors, not_before=not_before,
                    owner=owner)
 
 
@@ -331,15 +350,25 @@ def display_name(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
+MAX_NAME_BYTES = 200  # a name the daemon makes: room left for "audio-" and suffixes in 255
+
+
 def safe_name(name: str) -> str:
-    """A file name for a claimed bare file: valid UTF-8, no control characters.
+    """A file name for a claimed bare file: valid UTF-8, no control characters, at most
+    :data:`MAX_NAME_BYTES` bytes encoded (the extension kept where it fits).
 
     Ordinary names come back unchanged; others get undecodable bytes spelled
     as ``\\xNN`` and control characters (newlines) replaced by ``_``.
     """
     shown = display_name(name)
-    cleaned = "".join("_" if ord(c) < 32 or ord(c) == 127 else c for c in shown)
-    return cleaned.lstrip(".")[:200] or "audio"
+    cleaned = "".join("_" if ord(c) < 32 or ord(c) == 127 else c for c in shown).lstrip(".")
+    if len(cleaned.encode()) > MAX_NAME_BYTES:
+        stem, dot, ext = cleaned.rpartition(".")
+        ext = dot + ext if dot and stem and len(ext.encode()) <= 16 else ""
+        stem = cleaned[:len(cleaned) - len(ext)]
+        room = MAX_NAME_BYTES - len(ext.encode())
+        cleaned = stem.encode()[:room].decode("utf-8", "ignore") + ext
+    return cleaned or "audio"
 
 
 def user_name(uid: int) -> str:
@@ -373,7 +402,11 @@ def make_result(
     t = transcript or {}
     queued_s = None
     if started_at:
-        queued_s = round((parse_iso(started_at) - parse_iso(meta.submitted_at)).total_seconds(), 6)
+        try:
+            queued_s = round((parse_iso(started_at) - parse_iso(meta.submitted_at))
+                             .total_seconds(), 6)
+        except (ValueError, TypeError, OverflowError):
+            queued_s = None
     transcribe_s = t.get("transcribe_s")
     duration = t.get("duration")
     rtf = None

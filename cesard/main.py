@@ -134,6 +134,10 @@ def _run(cfg: configmod.Config, spool: Spool, args: argparse.Namespace,
     if cfg.privacy == "group":
         spool.job_dir_mode = 0o2750
     log.info("%s", line)
+    refusal = privacy.fake_engine_refusal(cfg.engine, spool.root)
+    if refusal:
+        log.error("%s", refusal)
+        return EX_CONFIG
     try:
         placement = place(cfg)
         if cfg.engine == "faster-whisper":

@@ -6,10 +6,11 @@ The file is written by temp file + rename, so the collector never reads half.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cesard.fsops import write_atomic
 
 
 @dataclass
@@ -70,9 +71,7 @@ def _escape(value: str) -> str:
 
 
 def write_textfile(path: str, text: str) -> None:
-    """Write ``path`` atomically (temp file in the same directory, then rename)."""
+    """Write ``path`` like every file the daemon publishes (cesard.fsops.write_atomic: a
+    temp name of its own, created with O_EXCL | O_NOFOLLOW, then renamed; not fsynced)."""
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, p)
+    write_atomic(p.parent, p.name, text.encode(), mode=0o644, durable=False)

@@ -122,6 +122,25 @@ def is_shared(root: Path) -> bool:
     return bool(os.stat(root).st_mode & 0o077)
 
 
+FAKE_ENGINE_ENV = "CESARD_TEST_FAKE_ENGINE"
+
+
+def fake_engine_refusal(engine: str, root: Path) -> str | None:
+    """Why ``engine`` may not run on this spool, or None. The fake engine obeys the 'crash',
+    'hang' and 'alloc' lines of any member's file: it is for tests, and refused on a spool
+    shared with others unless the test environment says so (``CESARD_TEST_FAKE_ENGINE=1``)."""
+    if engine != "fake" or os.environ.get(FAKE_ENGINE_ENV) == "1":
+        return None
+    try:
+        if not is_shared(root):
+            return None
+    except OSError:
+        return None
+    return (f"engine: fake is refused on shared spool {root}: it obeys instructions in any "
+            "member's file (crash, hang, alloc); set engine: faster-whisper (tests set "
+            f"{FAKE_ENGINE_ENV}=1)")
+
+
 # --- ACLs (pylibacl) --------------------------------------------------------------------
 
 def _posix1e() -> Any:

@@ -56,9 +56,7 @@ This module imports nothing of cesard but :mod:`cesard.job` and :mod:`cesard.pri
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import hashlib
 import json
 import os
 import secrets
@@ -69,20 +67,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cesard import dropped, fsops
 from cesard import job as jobmod
+from cesard.fsops import fsync_dir, write_atomic
 from cesard.job import JobMeta
 from cesard.privacy import Guard
 
 STATES = ("incoming", "processing", "deferred", "done", "failed")
 DIRS = ("tmp", *STATES, "control", "state")
 IGNORED_SUFFIXES = (".part", ".tmp", ".partial", "~")
-LEASE = "claim.json"
-META = "job.json"
-RESULT = "result.json"
-SUBMISSION = "submission"  # a dropped job directory inside its claim, until adopted
-SEGMENTS = "segments.jsonl"  # segments as the worker decodes them (cesarctl follow)
-CHECKPOINT = "checkpoint.json"  # how far SEGMENTS is complete (cesard/checkpoint.py)
-RESERVED = {META, LEASE, RESULT, SUBMISSION, SEGMENTS, CHECKPOINT}
+LEASE, META, RESULT = dropped.LEASE, dropped.META, dropped.RESULT
+SUBMISSION, SEGMENTS, CHECKPOINT = dropped.SUBMISSION, dropped.SEGMENTS, dropped.CHECKPOINT
+RESERVED = dropped.RESERVED
+# A job that gave up in recovery: its audio is hashed for result.json up to this size.
+RECOVERY_HASH_BYTES = 16 << 20
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 # The storage went away (a network filesystem's server restarting, a partition): the
 # daemon pauses and retries, as for a full disk (Supervisor.step).
@@ -98,70 +96,15 @@ class Unclaimable(PermissionError):
     """The daemon may not take this entry (unreadable file, immovable directory)."""
 
 
-# --- durable file primitives -------------------------------------------------
+# --- durable file primitives (cesard/fsops.py) ------------------------------------
 
-def fsync_dir(path: Path) -> None:
-    """Make the entries of ``path`` durable. A member may not open a drop directory
-    (mode 1730: no read bit); it syncs the spool's filesystem instead (syncfs(2)
-    through the spool root, which members may read; the whole spool is one filesystem)."""
+def read_small(path: Path, limit: int, dir_fd: int | None = None) -> bytes:
+    """:func:`cesard.fsops.read_small`, raising InvalidJob for what is not a regular file
+    of at most ``limit`` bytes."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except PermissionError:
-        _syncfs(Path(path).parent)
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _syncfs(near: Path) -> None:
-    try:
-        fd = os.open(near, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        os.sync()
-        return
-    try:
-        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
-
-
-def write_atomic(directory: Path, name: str, data: bytes, mode: int = 0o640,
-                 durable: bool = True) -> None:
-    """Write ``directory/name`` by temp file + rename (+ fsync when durable)."""
-    tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:  # a nearly full disk takes part of a write before ENOSPC
-                view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, directory / name)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written temporary file behind
-        raise
-    if durable:
-        fsync_dir(directory)
-
-
-def read_small(path: Path, limit: int) -> bytes:
-    """Read a regular file without following links or blocking on FIFOs."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise jobmod.InvalidJob(f"{path.name} is not a regular file")
-        if st.st_size > limit:
-            raise jobmod.InvalidJob(f"{path.name} is larger than {limit} bytes")
-        return os.read(fd, limit + 1)
-    finally:
-        os.close(fd)
+        return fsops.read_small(path, limit, dir_fd)
+    except fsops.NotRegular as e:
+        raise jobmod.InvalidJob(str(e)) from None
 
 
 def is_ignored_name(name: str) -> bool:
@@ -339,7 +282,7 @@ class Spool:
             write_atomic(build, META, meta.to_json())
             os.rename(build, self.dir("incoming") / job_id)
         except BaseException:
-            shutil.rmtree(build, ignore_errors=True)
+            fsops.remove_tree(build)
             raise
         fsync_dir(self.dir("incoming"))
         return job_id
@@ -358,7 +301,10 @@ class Spool:
     # --- the queue ----------------------------------------------------------
 
     def entry_key(self, name: str) -> Entry | None:
-        """Order key of ``incoming/name``, or None if it is gone or ignored."""
+        """Order key of ``incoming/name``, or None if it is gone or ignored. A directory's
+        job.json is read through a descriptor of that directory (never through a link a
+        member put in its place since the lstat); anything unreadable queues with defaults
+        and the claim fails it with the reason."""
         if is_ignored_name(name):
             return None
         path = self.dir("incoming") / name
@@ -366,24 +312,30 @@ class Spool:
             st = os.lstat(path)
         except FileNotFoundError:
             return None
-        if stat.S_ISDIR(st.st_mode):
-            prio, when, owner, size = "normal", jobmod.iso(st.st_mtime), st.st_uid, 0
-            group: str | None = None
+        if not stat.S_ISDIR(st.st_mode):
+            return Entry(name, False, (PRIORITY_RANK["normal"], jobmod.iso(st.st_mtime), name),
+                         st.st_uid, st.st_size, NO_OPTIONS)
+        prio, when, owner, size = "normal", jobmod.iso(st.st_mtime), st.st_uid, 0
+        group: str | None = None
+        try:
+            fd = fsops.open_dir(path)
             try:
-                meta = JobMeta.from_json(read_small(path / META, jobmod.MAX_JOB_JSON_BYTES))
+                if not fsops.same_file(os.fstat(fd), st):
+                    raise dropped.changed(name)
+                meta = dropped.read_meta(fd, name)
                 when = meta.submitted_at
                 p = meta.options.get("priority")
                 prio = p if p in PRIORITY_RANK else "normal"
                 if st.st_uid == os.geteuid() and meta.owner is not None:
                     owner = meta.owner  # a job the daemon requeued: its job.json is its own
                 if meta.source_name:
-                    size = os.lstat(path / meta.source_name).st_size
+                    size = os.lstat(meta.source_name, dir_fd=fd).st_size
                 group = batch_group(meta.options)
-            except (OSError, jobmod.JobError):
-                pass  # a bad job still queues; the claim fails it with the reason
-            return Entry(name, True, (PRIORITY_RANK[prio], when, name), owner, size, group)
-        return Entry(name, False, (PRIORITY_RANK["normal"], jobmod.iso(st.st_mtime), name),
-                     st.st_uid, st.st_size, NO_OPTIONS)
+            finally:
+                os.close(fd)
+        except (OSError, jobmod.JobError):
+            pass  # a bad job still queues; the claim fails it with the reason
+        return Entry(name, True, (PRIORITY_RANK[prio], when, name), owner, size, group)
 
     def scan(self, state: str = "incoming") -> Iterator[str]:
         """Names in a state directory (one listing; no ordering)."""
@@ -397,33 +349,35 @@ class Spool:
         The claimer makes ``processing/ID`` itself (so nothing a member made is a
         running job's directory), writes its lease there, then renames the entry
         into it: the rename decides among racing claimers. :meth:`adopt` then takes
-        the audio and options out of what was dropped. Raises :class:`Unclaimable`
-        when the daemon may not take the entry (a file it cannot read, a directory it
-        cannot move): it stays in incoming/ untouched.
+        the audio and options out of what was dropped, through descriptors, checking
+        that it is what was lstat'ed here (:mod:`cesard.dropped`). A dropped directory
+        keeps its name as its id only while no job of that id exists in any state.
+        Raises :class:`Unclaimable` when the daemon may not take the entry (a file it
+        cannot read, a directory it cannot move): it stays in incoming/ untouched.
         """
         src = self.dir("incoming") / entry.name
         try:
             st = os.lstat(src)
         except FileNotFoundError:
             return None
-        if entry.is_dir and st.st_uid == os.geteuid():
-            return self._claim_own_dir(entry, me, now)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if is_dir and st.st_uid == os.geteuid():
+            return self._claim_own_dir(entry.name, me, now)
         if stat.S_ISREG(st.st_mode):
             _check_readable(src, entry.name)
-        job_id = entry.name if entry.is_dir and jobmod.valid_id(entry.name) else None
-        dst = self._new_job_dir(job_id)
+        dst = self._new_job_dir(self.free_id(entry.name) if is_dir else None)
         try:
             write_atomic(dst, LEASE, me.lease(now), durable=False)
         except OSError as e:
-            shutil.rmtree(dst, ignore_errors=True)
+            fsops.remove_tree(dst)
             if isinstance(e, FileNotFoundError):
                 return None  # a recoverer removed our empty directory: try again later
             raise
-        inner = SUBMISSION if entry.is_dir else _audio_name(entry.name)
+        inner = SUBMISSION if is_dir else dropped.audio_name(entry.name)
         try:
             os.rename(src, dst / inner)
         except OSError as e:
-            shutil.rmtree(dst, ignore_errors=True)
+            fsops.remove_tree(dst)
             if isinstance(e, FileNotFoundError):
                 return None
             if e.errno in (errno.EACCES, errno.EPERM):
@@ -436,24 +390,35 @@ class Spool:
             claimed = self.adopt(dst, st)
         except OSError:
             try:  # give the entry back as it was found (a full disk)
-                os.rename(dst / inner, src)
-                shutil.rmtree(dst, ignore_errors=True)
+                fsops.rename_noreplace(dst / inner, src)
+                fsops.remove_tree(dst)
             except OSError:
                 pass  # recovery adopts it (see recover)
             raise
         fsync_dir(self.dir("processing"))
         return claimed
 
-    def _claim_own_dir(self, entry: Entry, me: Claimer, now: float) -> Claimed | None:
+    def free_id(self, name: str) -> str | None:
+        """``name`` as the id of a dropped job directory, or None (a new id is made) when
+        it is not a valid id or a job of that id exists in any state: ids are the
+        daemon's, and a member's entry never takes another job's."""
+        if not jobmod.valid_id(name):
+            return None
+        for state in ("processing", "deferred", "done", "failed"):
+            if os.path.lexists(self.dir(state) / name):
+                return None
+        return name
+
+    def _claim_own_dir(self, name: str, me: Claimer, now: float) -> Claimed | None:
         """Claim a job directory the daemon's user made (a requeued or retried job, or
         one its own user dropped) by renaming it into processing/: its job.json,
         owner included, is the daemon's own."""
-        src = self.dir("incoming") / entry.name
-        job_id = entry.name if jobmod.valid_id(entry.name) else jobmod.new_job_id()
+        src = self.dir("incoming") / name
+        job_id = name if jobmod.valid_id(name) else jobmod.new_job_id()
         for _ in range(100):
             dst = self.dir("processing") / job_id
             try:
-                os.rename(src, dst)
+                fsops.rename_noreplace(src, dst)
                 break
             except FileNotFoundError:
                 return None
@@ -467,7 +432,7 @@ class Spool:
             # No lease (a full disk): undo the claim rather than leave an entry
             # that only lease expiry would recover, with an attempt counted.
             try:
-                os.rename(dst, src)
+                fsops.rename_noreplace(dst, src)
             except OSError:
                 pass
             raise
@@ -506,50 +471,32 @@ class Spool:
         (``job_dir/submission``) gives its ``job.json`` options and its audio file,
         which moves up into ``job_dir``; the rest of it is removed. The owner is
         the uid that owns the dropped entry; ``submitter`` is that user's name,
-        whatever the dropped ``job.json`` says. A problem with what was dropped is
-        kept in :attr:`Claimed.error` and fails the job.
+        whatever the dropped ``job.json`` says. ``st`` is the entry's lstat before the
+        claim's rename: what was renamed must be that same file or directory
+        (:mod:`cesard.dropped`). A problem with what was dropped is kept in
+        :attr:`Claimed.error` and fails the job.
         """
         job_id = job_id or job_dir.name
-        sub = job_dir / SUBMISSION
-        error: jobmod.JobError | None = None
-        dropped_dir = os.path.lexists(sub)
-        if os.path.lexists(job_dir / META) and not dropped_dir:
-            return Claimed(job_id, job_dir, self.read_meta(job_dir), bare=False)
-        if dropped_dir:
-            st = st or os.lstat(sub)
-            meta = JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(st.st_mtime))
-            try:
-                if not stat.S_ISDIR(st.st_mode):
-                    raise jobmod.UnsupportedFile(
-                        f"{job_id} was dropped as a {_kind(st.st_mode)}; drop a "
-                        "regular audio file or a job directory")
-                meta = self.read_meta(sub, job_id)
-                meta.attempts, meta.not_before = 0, None
-                meta.source_name = self._take_audio(sub, job_dir, meta)
-            except jobmod.JobError as e:
-                error = e
-        else:
-            names = self.candidates(job_dir)
-            if len(names) != 1:
-                raise jobmod.InvalidJob(f"claim {job_id} holds {len(names)} files")
-            st = st or os.lstat(job_dir / names[0])
-            meta = _bare_meta(job_id, names[0], st)
+        job_fd = fsops.open_dir(job_dir)
+        try:
+            has_sub = _lexists_at(SUBMISSION, job_fd)
+            if _lexists_at(META, job_fd) and not has_sub:
+                return Claimed(job_id, job_dir, self.read_meta(job_dir), bare=False)
+            got = (dropped.adopt_dir(job_fd, job_id, st) if has_sub
+                   else dropped.adopt_bare(job_fd, job_id, st))
+        finally:
+            os.close(job_fd)
+        meta = got.meta
         meta.id = job_id
-        meta.owner = st.st_uid
-        meta.submitter = jobmod.user_name(st.st_uid)
+        meta.submitter = jobmod.user_name(meta.owner or 0)
         write_atomic(job_dir, META, meta.to_json())
-        if error is None and dropped_dir:
-            _remove_tree(sub)
+        if has_sub and got.error is None:
+            fsops.remove_tree(job_dir / SUBMISSION)
+        elif has_sub and not stat.S_ISDIR(os.lstat(job_dir / SUBMISSION).st_mode):
+            os.unlink(job_dir / SUBMISSION)  # a link put in its place: never kept, never read
         if self.guard is not None:
             self.guard.protect_dir(job_dir, meta.owner)
-        return Claimed(job_id, job_dir, meta, bare=not dropped_dir, error=error)
-
-    def _take_audio(self, sub: Path, job_dir: Path, meta: JobMeta) -> str:
-        """Move the dropped directory's audio into the job directory; its name there."""
-        name, _size = self.find_audio(sub, meta, 0)
-        final = _audio_name(name)
-        os.rename(sub / name, job_dir / final)
-        return final
+        return Claimed(job_id, job_dir, meta, bare=got.bare, error=got.error)
 
     def candidates(self, job_dir: Path) -> list[str]:
         """Names in a job directory that may be its audio."""
@@ -593,83 +540,30 @@ class Spool:
         """``job.json`` of a job directory, validated; raises InvalidJob naming the problem."""
         job_id = job_id or job_dir.name
         try:
-            data = read_small(job_dir / META, jobmod.MAX_JOB_JSON_BYTES)
-        except FileNotFoundError as e:
-            raise jobmod.InvalidJob(
-                f"job directory {job_id} has no job.json; submit audio with "
-                "'cesarctl submit' or copy a bare audio file into incoming/") from e
+            fd = fsops.open_dir(job_dir)
         except OSError as e:
-            raise jobmod.InvalidJob(f"cannot read job.json of {job_id}: {e}") from e
-        except jobmod.InvalidJob as e:  # not a regular file, too large: name the job
-            raise jobmod.InvalidJob(f"{job_id}/{e}") from e
-        return JobMeta.from_json(data, where=f"{job_id}/job.json")
+            raise jobmod.InvalidJob(f"{job_id} is not a job directory ({e.strerror})") from e
+        try:
+            return dropped.read_meta(fd, job_id)
+        finally:
+            os.close(fd)
 
     def find_audio(self, job_dir: Path, meta: JobMeta, max_bytes: int) -> tuple[str, int]:
-        """Name and size of the job's audio, checked with lstat only.
-
-        Raises UnsupportedFile, EmptyFile or FileTooLarge naming the file.
-        """
-        names = self.candidates(job_dir)
-        if meta.source_name is not None:
-            if meta.source_name not in names:
-                raise jobmod.InvalidJob(
-                    f"{job_dir.name}/job.json names audio {meta.source_name!r} but the job "
-                    "directory has no such file")
-            name = meta.source_name
-        elif len(names) == 1:
-            name = names[0]
-        else:
-            raise jobmod.InvalidJob(
-                f"job directory {job_dir.name} holds {len(names)} candidate audio files "
-                f"({', '.join(map(jobmod.display_name, names[:5]))}); put exactly one, or name "
-                "it in job.json 'source_name'")
-        st = os.lstat(job_dir / name)
-        shown = jobmod.display_name(name)
-        if stat.S_ISLNK(st.st_mode):
-            raise jobmod.UnsupportedFile(
-                f"{shown} is a symbolic link; copy the audio itself into incoming/ "
-                "(links are never followed)")
-        if not stat.S_ISREG(st.st_mode):
-            raise jobmod.UnsupportedFile(f"{shown} is a {_kind(st.st_mode)}, not a regular "
-                                         "file; only regular audio files are transcribed")
-        if st.st_nlink > 1:
-            raise jobmod.UnsupportedFile(
-                f"{shown} has {st.st_nlink} hard links; copy the audio itself into incoming/ "
-                "(hard links, like symbolic links, are never taken)")
-        if st.st_size == 0:
-            raise jobmod.EmptyFile(f"{shown} is empty (0 bytes); copy the complete file again")
-        if max_bytes and st.st_size > max_bytes:
-            raise jobmod.FileTooLarge(
-                f"{shown} has {st.st_size} bytes, more than max_file_bytes={max_bytes}; "
-                "split it or raise max_file_bytes")
+        """Name and size of the job's audio in a claimed job directory (the daemon's own),
+        checked with lstat only. Raises UnsupportedFile, EmptyFile or FileTooLarge naming
+        the file."""
+        fd = fsops.open_dir(job_dir)
+        try:
+            name = dropped.pick_audio(fd, job_dir.name, meta.source_name)
+            st = os.lstat(name, dir_fd=fd)
+        finally:
+            os.close(fd)
+        dropped.check_audio(st, name, max_bytes)
         return name, st.st_size
 
     def describe_source(self, job_dir: Path, meta: JobMeta, hash_limit: int) -> dict[str, Any]:
-        """``result.json`` ``source`` of a job that never reached a worker: the dropped
-        name, its type, bytes and sha256 (hashed only when it is a regular file of at
-        most ``hash_limit`` bytes, opened without following links or blocking)."""
-        base = job_dir / SUBMISSION if os.path.isdir(job_dir / SUBMISSION) else job_dir
-        name = meta.source_name
-        if name is None or not os.path.lexists(base / name):
-            names = self.candidates(base)
-            name = names[0] if len(names) == 1 else None
-        if name is None:
-            kind = "directory" if base != job_dir else "missing"
-            return {"name": jobmod.display_name(meta.source_name or meta.id), "type": kind,
-                    "bytes": None, "sha256": None}
-        try:
-            st = os.lstat(base / name)
-        except OSError:
-            return {"name": jobmod.display_name(name), "type": "missing", "bytes": None,
-                    "sha256": None}
-        regular = stat.S_ISREG(st.st_mode)
-        digest = None
-        if regular and st.st_nlink == 1 and (not hash_limit or st.st_size <= hash_limit):
-            hashed = file_sha256(base / name)
-            digest = hashed[0] if hashed else None
-        return {"name": jobmod.display_name(name),
-                "type": "regular file" if regular else _kind(st.st_mode),
-                "bytes": st.st_size if regular else None, "sha256": digest}
+        """:func:`cesard.dropped.describe_source`."""
+        return dropped.describe_source(job_dir, meta, hash_limit)
 
     # --- moves ---------------------------------------------------------------
 
@@ -686,18 +580,36 @@ class Spool:
                     p.unlink(missing_ok=True)
 
     def _move(self, src: Path, state: str, job_id: str) -> Path:
-        """Rename a job dir into ``state``; a clashing name gets a suffix (never overwrite)."""
+        """Rename a job dir into ``state`` without replacing anything there. In incoming/
+        the job keeps its id: an entry a member put under that name is moved aside to a
+        new name first (it queues as that member's own entry). Elsewhere a clashing name
+        gets a suffix."""
         dst = self.dir(state) / job_id
         for _ in range(100):
             try:
-                os.rename(src, dst)
+                fsops.rename_noreplace(src, dst)
                 break
             except OSError as e:
-                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
                     raise
+                if state == "incoming" and dst.name == job_id and self._displace(dst):
+                    continue
                 dst = self.dir(state) / f"{job_id}.{secrets.token_hex(2)}"
         fsync_dir(self.dir(state))
         return dst
+
+    def _displace(self, path: Path) -> bool:
+        """Move a member's entry that holds a job's id in incoming/ to a new name there;
+        False when it is the daemon's own or cannot be moved."""
+        try:
+            if os.lstat(path).st_uid == os.geteuid():
+                return False
+            fsops.rename_noreplace(path, self.dir("incoming") / jobmod.new_job_id())
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
 
     def finish(self, job_id: str, state: str, result: dict[str, Any],
                outputs: dict[str, bytes], keep_audio: bool, audio: str | None,
@@ -708,7 +620,7 @@ class Spool:
         for name in (*outputs, RESULT):
             p = job_dir / name
             if os.path.lexists(p) and not stat.S_ISREG(os.lstat(p).st_mode):
-                _remove_tree(p)  # junk where an output goes (a directory, a link): never ours
+                fsops.remove_tree(p)  # junk where an output goes (a directory, a link): never ours
         for name, data in outputs.items():
             write_atomic(job_dir, name, data, mode=0o640, durable=False)
         write_atomic(job_dir, RESULT,
@@ -746,12 +658,11 @@ class Spool:
         return self._move(job_dir, "deferred", job_id)
 
     def undefer(self, name: str) -> bool:
-        """deferred/name → incoming/name; False if someone else moved it."""
+        """deferred/name → incoming/name (keeping its id); False if someone else moved it."""
         try:
-            os.rename(self.dir("deferred") / name, self.dir("incoming") / name)
+            self._move(self.dir("deferred") / name, "incoming", name)
         except FileNotFoundError:
             return False
-        fsync_dir(self.dir("incoming"))
         return True
 
     def due(self, name: str, now: float) -> float | None:
@@ -824,8 +735,7 @@ class Spool:
             return "", ""
         base = name.split("~", 1)[0]
         if not stolen.is_dir() or stolen.is_symlink():
-            os.rename(stolen, self.dir("incoming") / base)  # the claim will reject it
-            return "incoming", base
+            return "incoming", self._move(stolen, "incoming", base).name  # the claim rejects it
         if not os.path.lexists(stolen / META) or os.path.lexists(stolen / SUBMISSION):
             adopted = self._adopt_cut_claim(stolen, base)
             if adopted is not None:
@@ -842,7 +752,7 @@ class Spool:
             err = jobmod.WorkerCrashed(f"{reason}; gave up after {meta.attempts} attempts "
                                        f"(max_attempts={max_attempts})")
             self._clear_outputs(stolen)
-            source = self.describe_source(stolen, meta, 0)
+            source = self.describe_source(stolen, meta, RECOVERY_HASH_BYTES)
             result = jobmod.make_result(meta, "failed", None, source, None, jobmod.iso(now), "",
                                         meta.attempts, error=err)
             return "failed", self.finish(base, "failed", result, {}, True, None, stolen).name
@@ -864,7 +774,7 @@ class Spool:
             if now - max(st.st_mtime, st.st_ctime) < max_age:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(path, ignore_errors=True)
+                fsops.remove_tree(path)
             else:
                 path.unlink(missing_ok=True)
             removed.append(name)
@@ -879,7 +789,7 @@ class Spool:
         """
         names = self.candidates(stolen)
         if not names and not os.path.lexists(stolen / SUBMISSION):
-            shutil.rmtree(stolen, ignore_errors=True)
+            fsops.remove_tree(stolen)
             return "", ""
         try:
             self.adopt(stolen, job_id=base)
@@ -899,16 +809,12 @@ class Spool:
         return None
 
 
-def _bare_meta(job_id: str, name: str, st: os.stat_result) -> JobMeta:
-    """The job.json of a bare file: default options, arrived at its mtime, from its owner."""
-    return JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(st.st_mtime),
-                   submitter=jobmod.user_name(st.st_uid), source_name=name, owner=st.st_uid)
-
-
-def _audio_name(name: str) -> str:
-    """The name a dropped audio file keeps in its job directory."""
-    name = jobmod.safe_name(name)
-    return "audio-" + name if name in RESERVED or name.startswith("transcript.") else name
+def _lexists_at(name: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _check_readable(path: Path, name: str) -> None:
@@ -924,48 +830,6 @@ def _check_readable(path: Path, name: str) -> None:
             "mode leaves the daemon's ACL entry no read bit (a copy of a 0600 file); its "
             f"owner can run 'chmod g+r {jobmod.display_name(name)}' in incoming/ (the group "
             "stays shut out by the ACL), or submit with 'cesarctl submit'") from e
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove what a member dropped (never following links); what cannot go stays."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-
-
-def file_sha256(path: Path) -> tuple[str, os.stat_result] | None:
-    """sha256 and fstat of a regular file, opened without following links or blocking;
-    None if it is unreadable or not a regular file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    h = hashlib.sha256()
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest(), st
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISLNK(mode):
-        return "symbolic link"
-    return "special file"
 
 
 HOSTS = "hosts"

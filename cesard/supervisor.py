@@ -36,16 +36,20 @@ from cesard import (
     models,
     outputs,
     pool,
+    privacy,
     replies,
     status,
 )
 from cesard import config as configmod
 from cesard import job as jobmod
 from cesard.control import Control
+from cesard.fsops import write_atomic
 from cesard.index import Pending, QueueIndex
 from cesard.job import JobMeta, JobOptions
 from cesard.metrics import Metrics
 from cesard.pool import StartupError, WorkerProc
+from cesard.quarantine import Quarantine
+from cesard.sources import Sources
 from cesard.spool import (
     HOSTS,
     STORAGE_ERRNOS,
@@ -55,7 +59,6 @@ from cesard.spool import (
     Spool,
     Unclaimable,
     host_file_name,
-    write_atomic,
 )
 from cesard.systemd import Notifier
 from cesard.watch import Watcher
@@ -137,6 +140,8 @@ class Supervisor:
         self.control = Control(self)
         self.hooks = hooks.Hooks(cfg.hook_timeout, cfg.max_running_hooks, spool.root)
         self.dedupe: dedupe.Dedupe | None = None
+        self.sources = Sources(self.wake)
+        self.quarantine = Quarantine(spool.root)
         self.catalog = catalog.Catalog(spool, group_readable=cfg.privacy == "group")
         # incoming/ entries the daemon may not take, by name → st_ctime_ns when refused;
         # a chmod (IN_ATTRIB) or any other change of ctime brings them back.
@@ -236,29 +241,35 @@ class Supervisor:
     def recover(self, now: float, startup: bool = False) -> None:
         """Return orphaned claims to incoming/ (I4). Only this method recovers."""
         for name in self.spool.orphans(self.me, now, self.cfg.lease_seconds):
-            reason = ("the daemon holding this job stopped without finishing it"
-                      if startup else "the claim's lease expired (its daemon is gone)")
-            try:
-                state, job_id = self.spool.recover(name, self.cfg.max_attempts, now, reason)
-            except OSError as e:
-                # It stays in processing/ (maybe as ID~rTOKEN) and is recovered later.
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    self._disk_full(now, e)
-                else:
-                    log.error("recovering %s from processing/ failed: %s; trying again later",
-                              jobmod.display_name(name), e)
+            if self.quarantine.holds("processing", name):
                 continue
-            if state == "incoming":
-                log.warning("job=%s recovered from processing/ (%s); queued again", job_id,
-                            reason)
-                self._index_name(job_id, now, settled=True)
-            elif state == "failed":
-                log.error("job=%s failed: WorkerCrashed: %s; gave up after max_attempts=%d",
-                          job_id, reason, self.cfg.max_attempts)
-                self.hooks.after_recovery(job_id, self.spool.dir("failed") / job_id,
-                                          self.cfg.hooks)
-                self.on_disk["failed"] += 1
-                self.metrics.job_finished("failed", None, None, now)
+            with self.quarantine.guard("processing", name, "recovering"):
+                self._recover_one(name, now, startup)
+
+    def _recover_one(self, name: str, now: float, startup: bool) -> None:
+        reason = ("the daemon holding this job stopped without finishing it"
+                  if startup else "the claim's lease expired (its daemon is gone)")
+        try:
+            state, job_id = self.spool.recover(name, self.cfg.max_attempts, now, reason)
+        except OSError as e:
+            # It stays in processing/ (maybe as ID~rTOKEN) and is recovered later.
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._disk_full(now, e)
+            else:
+                log.error("recovering %s from processing/ failed: %s; trying again later",
+                          jobmod.display_name(name), e)
+            return
+        if state == "incoming":
+            log.warning("job=%s recovered from processing/ (%s); queued again", job_id,
+                        reason)
+            self._index_name(job_id, now, settled=True)
+        elif state == "failed":
+            log.error("job=%s failed: WorkerCrashed: %s; gave up after max_attempts=%d",
+                      job_id, reason, self.cfg.max_attempts)
+            self.hooks.after_recovery(job_id, self.spool.dir("failed") / job_id,
+                                      self.cfg.hooks)
+            self.on_disk["failed"] += 1
+            self.metrics.job_finished("failed", None, None, now)
 
     def _count_finished(self) -> None:
         for state in ("done", "failed"):
@@ -340,6 +351,12 @@ class Supervisor:
     # --- the queue ----------------------------------------------------------------
 
     def _index_name(self, name: str, now: float, settled: bool) -> None:
+        if self.quarantine.holds("incoming", name):
+            return
+        with self.quarantine.guard("incoming", name, "indexing"):
+            self._index(name, now, settled)
+
+    def _index(self, name: str, now: float, settled: bool) -> None:
         entry = self.spool.entry_key(name)
         if entry is None:
             self.index.discard(name)
@@ -435,11 +452,12 @@ class Supervisor:
 
     def _undefer(self, now: float) -> None:
         for name, due in list(self.deferred.items()):
-            if due <= now:
-                del self.deferred[name]
-                if self.spool.undefer(name):
-                    log.info("job=%s retry is due; queued again", name)
-                    self._index_name(name, now, settled=True)
+            if due <= now and not self.quarantine.holds("deferred", name):
+                with self.quarantine.guard("deferred", name, "queueing again"):
+                    if self.spool.undefer(name):
+                        log.info("job=%s retry is due; queued again", name)
+                        self._index_name(name, now, settled=True)
+                    del self.deferred[name]
 
     def _check_pending(self, now: float) -> None:
         for name in list(self.index.pending):
@@ -514,13 +532,21 @@ class Supervisor:
         return Running(c.id, c.path, meta, options, audio, size, started_at, now, now + timeout)
 
     def step(self, now: float) -> None:
-        """:meth:`run_once`, riding out a spool whose storage stops answering."""
+        """:meth:`run_once`, riding out a spool whose storage stops answering, and any
+        error no check foresaw (cesard/quarantine.py): only configuration and start-up
+        errors end the daemon."""
         try:
             self.run_once(now)
+        except StartupError:
+            raise
         except OSError as e:
             if e.errno not in STORAGE_ERRNOS:
-                raise
+                self.quarantine.loop_error(now)
+                return
             self._storage_away(now, e)
+            return
+        except Exception:  # noqa: BLE001 - the loop's contract (cesard/quarantine.py)
+            self.quarantine.loop_error(now)
             return
         if self.storage_error is not None:
             log.info("the spool's storage answers again; claiming resumed")
@@ -554,7 +580,12 @@ class Supervisor:
             return
         finished_at = jobmod.iso(now)
         if source is None:
-            source = self.spool.describe_source(job.path, job.meta, self.cfg.max_file_bytes)
+            source = self.sources.describe(
+                job.id, job.path, job.meta, self.cfg.max_file_bytes,
+                lambda s: self._finish(job, status, s, transcript, error, time.time(),
+                                       deduplicated_from))
+            if source is None:
+                return  # finished once its audio is hashed, off the loop (cesard/sources.py)
         attempts = job.meta.attempts + (1 if job.started_at else 0)
         planned = hooks.planned(self.cfg.hooks, status, job.options.then)
         result = jobmod.make_result(job.meta, status, job.options if job.audio else None, source,
@@ -652,6 +683,8 @@ class Supervisor:
                 for job_id in list(w.jobs):
                     if not self.spool.heartbeat(job_id, self.me, now):
                         replies.taken_over(self, w, job_id)
+            for job_id in self.sources.ids():
+                self.spool.heartbeat(job_id, self.me, now)
             for job_id in list(self.waiting):
                 if not self.spool.heartbeat(job_id, self.me, now):
                     self.waiting.pop(job_id)
@@ -711,6 +744,11 @@ class Supervisor:
             self.notify.ready(self.status_line(self.status(time.time())))
             return
         new.spool = self.cfg.spool
+        refusal = privacy.fake_engine_refusal(new.engine, self.spool.root)
+        if refusal:
+            log.error("reload refused, keeping the running configuration: %s", refusal)
+            self.notify.ready(self.status_line(self.status(time.time())))
+            return
         restart = any(getattr(new, k) != getattr(self.cfg, k) for k in WORKER_KEYS)
         self.cfg = new
         self.hooks.configure(new.hook_timeout, new.max_running_hooks)
@@ -739,6 +777,7 @@ class Supervisor:
         for w in list(self.workers):
             if w in self.workers:
                 replies.read_worker(self, w, now)
+        self.sources.step()
         self._on_events(now)
         self._timers(now)
         self.hooks.step(now)
@@ -766,7 +805,8 @@ class Supervisor:
     def _drained(self) -> bool:
         return (self.indexing is None and not len(self.index) and not self.index.pending
                 and not self.deferred
-                and not dispatch.busy(self) and self.held is None and not self.hooks.busy)
+                and not dispatch.busy(self) and self.held is None and not self.hooks.busy
+                and not self.sources.busy)
 
     def _stop_step(self, now: float) -> None:
         busy = dispatch.busy(self)
@@ -778,7 +818,7 @@ class Supervisor:
                     self._requeue(job, self.stop_reason)
         if self.hooks.busy and now >= self.stop_deadline:
             self.hooks.stop(now)
-        if not dispatch.busy(self) and not self.hooks.busy:
+        if not dispatch.busy(self) and not self.hooks.busy and not self.sources.busy:
             for w in list(self.workers):
                 self._close_worker(w)
             for w in list(self.workers):
@@ -831,6 +871,7 @@ class Supervisor:
             self.watcher.close()
         if self.dedupe is not None:
             self.dedupe.close()
+        self.sources.close()
         self.catalog.close()
         self.status_dirty = True
         self.next_status = 0.0

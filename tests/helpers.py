@@ -62,7 +62,8 @@ class Daemon:
                                        "retry_delays": [0.2], "lease_seconds": 5}
         self.config.update(config)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # CESARD_TEST_FAKE_ENGINE: the fake engine may run on the shared spools of the tests
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "CESARD_TEST_FAKE_ENGINE": "1"}
         self.env.pop("NOTIFY_SOCKET", None)
         self.env.pop("CESAR_SPOOL", None)
         self.env.pop("CESAR_CONFIG", None)

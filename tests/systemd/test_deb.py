@@ -87,6 +87,11 @@ def test_install_submit_upgrade_remove_purge(debs: Path) -> None:
         # --configure is what apt does, split so that the job starts in between.
         # Hooks from the package run as cesar inside the unit's sandbox: one writes its
         # user into the job's directory, one may not write outside the spool.
+        # The fake engine obeys any member's file: cesard refuses it on a shared spool
+        # unless a test says so.
+        c.put("/etc/systemd/system/cesard.service.d/test-fake.conf",
+              "[Service]\nEnvironment=CESARD_TEST_FAKE_ENGINE=1\n")
+        c.systemctl("daemon-reload")
         c.put("/etc/cesar/cesard.yaml", "engine: fake\nworkers: 1\nshutdown_grace: 2\n"
               "hooks:\n  done:\n"
               "    - [/usr/lib/cesar/hooks/postprocess, --output, who.txt, --, /usr/bin/id,"
