@@ -77,7 +77,9 @@ class Config:
     batch_max_seconds: float = 30.0  # jobs up to this long are batched across jobs; 0: never
     batch_wait_ms: int = 0  # how long a short batch may wait for more jobs
     max_jobs_per_worker: int = 0  # 0: never recycle
-    worker_memory_limit: int = 0  # bytes of address space per worker; 0: no limit
+    # bytes of address space per worker; 0: no limit; auto: what the loaded worker holds
+    # plus AUTO_MEMORY_HEADROOM on the CPU (cesard/worker.py), none on a GPU
+    worker_memory_limit: int | str = "auto"
     queue_capacity: int = 1000
     privacy: str = "owner"  # owner: each job its owner's alone; group: every member reads all
     admin_group: str | None = None  # members see, cancel and retry every job
@@ -231,7 +233,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "batch_max_seconds": _num(0, 30),
     "batch_wait_ms": _num(0, 60000, integer=True),
     "max_jobs_per_worker": _num(0, integer=True),
-    "worker_memory_limit": _num(0, integer=True),
+    "worker_memory_limit": lambda v: None if v == "auto" else (
+        _num(0, integer=True)(v) and "must be auto or a number of bytes (0: no limit)"),
     "queue_capacity": _num(1, integer=True),
     "privacy": _choice(("owner", "group")),
     "admin_group": lambda v: None if v is None or (isinstance(v, str) and v) else

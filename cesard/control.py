@@ -45,6 +45,13 @@ class Denied(Refused):
     """Refused because its sender may not act on that job."""
 
 
+def none_to(job_id: str, action: str) -> str:
+    """The one answer a member gets for a job that is not theirs, whether it exists or
+    not (the daemon's and cesarctl's): neither its owner nor its existence is told."""
+    return (f"no job you may {action} has id {job_id} (only a job's owner, root or a member "
+            f"of admin_group may {action} it); check the id with 'cesarctl list'")
+
+
 def reply_name(request: str) -> str:
     return REPLY_PREFIX + request
 
@@ -157,11 +164,7 @@ class Control:
             raise self._none_to(job_id, action)
 
     def _none_to(self, job_id: str, action: str) -> Denied:
-        """The one answer a member gets for a job that is not theirs, whether it exists or
-        not: neither its owner nor its existence is told."""
-        return Denied(f"{job_id}: no job you may {action} (only a job's owner, root or a "
-                      f"member of admin_group may {action} it); check the id with "
-                      "'cesarctl list'")
+        return Denied(none_to(job_id, action))
 
     def _unknown(self, job_id: str, sender: int, action: str, message: str) -> Refused:
         """``message`` for its owner, root or an admin; the answer of :meth:`_none_to`

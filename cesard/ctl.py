@@ -772,9 +772,24 @@ def _request(spool: Spool, action: str, job_id: str, timeout: float) -> dict[str
     return answer
 
 
+def locate_to_act(spool: Spool, job_id: str, action: str) -> str:
+    """The state of a job to cancel or retry; the daemon decides who may. A job that is
+    not there gets the daemon's answer for a job that is not one's own (exit 77): a guessed
+    id tells nothing."""
+    try:
+        return locate(spool, job_id, mine=False)[0]
+    except CtlError as e:
+        if e.code != EX_NOINPUT:
+            raise
+        from cesard import control
+
+        raise CtlError(f"{action} of {job_id} refused: {control.none_to(job_id, action)}",
+                       EX_NOPERM) from None
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     spool, _ = open_spool(args)
-    state, _path = locate(spool, args.id, mine=False)  # the daemon decides who may
+    state = locate_to_act(spool, args.id, "cancel")
     if state in ("done", "failed"):
         raise CtlError(f"job {args.id} already finished (in {state}/); nothing to cancel",
                        EX_DATAERR)
@@ -785,7 +800,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     spool, _ = open_spool(args)
-    state, _path = locate(spool, args.id, mine=False)  # the daemon decides who may
+    state = locate_to_act(spool, args.id, "retry")
     if state != "failed":
         raise CtlError(f"job {args.id} is in {state}/; only failed jobs can be retried",
                        EX_DATAERR)

@@ -135,7 +135,8 @@ def claim(sup: Supervisor, entry: Entry, now: float) -> Running | None:
 def followers(sup: Supervisor, head: Entry, room: int, now: float) -> list[Running]:
     """The next jobs in claim order that may join ``head``'s batch (at most ``room``)."""
     out: list[Running] = []
-    while len(out) < room:
+    refused = 0
+    while len(out) < room and refused < REFUSALS_PER_STEP:
         nxt = sup.index.peek()
         if (nxt is None or nxt.group != head.group or nxt.key[0] != head.key[0]
                 or nxt.size > FOLLOWER_MAX_BYTES or nxt.name in sup.solo):
@@ -145,6 +146,7 @@ def followers(sup: Supervisor, head: Entry, room: int, now: float) -> list[Runni
         if job is None:
             if now < sup.disk_full_until:
                 break
+            refused += 1  # refused without a worker: the batch does not wait for more
             continue
         if job.options.exclusive or job.options.word_timestamps:  # its job.json changed
             sup._requeue(job, "it may not share a batch")

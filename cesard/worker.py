@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--batch-min-seconds", type=float, default=0)
     p.add_argument("--batch-max-seconds", type=float, default=30)
-    p.add_argument("--memory-limit", type=int, default=0)
+    p.add_argument("--memory-limit", default="0")
     p.add_argument("--reply-fd", type=int, required=True)
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = sys.stdin.buffer
     # Library prints must not reach the protocol: send stdout to stderr.
     os.dup2(2, 1)
-    if a.memory_limit:
-        resource.setrlimit(resource.RLIMIT_AS, (a.memory_limit, a.memory_limit))
+    if a.memory_limit not in ("0", "auto"):
+        resource.setrlimit(resource.RLIMIT_AS, (int(a.memory_limit), int(a.memory_limit)))
     engine = make_engine(a.engine, json.loads(a.models), a.compute_type, a.cpu_threads,
                          a.max_audio_seconds, a.batch_size, a.batch_min_seconds, a.device,
                          a.max_loaded_models)
@@ -273,9 +273,31 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     log.info("loaded %s on %s in %.1f s", ", ".join(engine.loaded_models()), a.device,
              time.monotonic() - loading)
+    if a.memory_limit == "auto" and a.device == "cpu":
+        limit_memory(AUTO_MEMORY_HEADROOM)
     worker.send({"op": "ready", "pid": os.getpid(), "models": engine.loaded_models()})
     worker.serve(commands)
     return 0
+
+
+# worker_memory_limit: auto. What a CPU worker may grow by once its models are loaded: a
+# job's decoded audio (6 h, max_audio_seconds, is 1.4 GB of float32 samples, held twice
+# while it is joined) and a second model (max_loaded_models).
+AUTO_MEMORY_HEADROOM = 4 << 30
+
+
+def limit_memory(headroom: int) -> None:
+    """Cap this process's address space at its size now plus ``headroom`` (RLIMIT_AS): a
+    job that needs more fails its attempt with a clear error, never the machine."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        size = int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("VmSize:"))) * 1024
+    except (OSError, StopIteration, ValueError):
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (size + headroom, size + headroom))
+    log.debug("address space capped at %d MiB (worker_memory_limit: auto)",
+              (size + headroom) >> 20)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,8 @@ def test_hostile_corpus(hostile_daemon: Daemon, tmp_path: Path) -> None:
     expected["audio-job.json"] = ("UndecodableAudio", "audio-job.json", "could not be decoded")
     long_name = "L" * 240 + ".wav"
     (inc / long_name).write_bytes(garbage)
-    expected[long_name[:200]] = ("UndecodableAudio", "LLLL", "could not be decoded")
+    # Names the daemon makes fit in 200 bytes, the extension kept.
+    expected["L" * 196 + ".wav"] = ("UndecodableAudio", "LLLL", "could not be decoded")
     (inc / "long.flac").write_bytes((FIXTURES / "silence30.flac").read_bytes())
     expected["long.flac"] = ("AudioTooLong", "long.flac", "max_audio_seconds=20")
     (inc / "empty.wav").mkdir()  # a directory named like audio
