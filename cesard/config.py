@@ -78,7 +78,7 @@ class Config:
     batch_wait_ms: int = 0  # how long a short batch may wait for more jobs
     max_jobs_per_worker: int = 0  # 0: never recycle
     # bytes of address space per worker; 0: no limit; auto: what the loaded worker holds
-    # plus AUTO_MEMORY_HEADROOM on the CPU (cesard/worker.py), none on a GPU
+    # plus what the longest allowed audio needs, on the CPU (cesard/worker.py); none on a GPU
     worker_memory_limit: int | str = "auto"
     queue_capacity: int = 1000
     privacy: str = "owner"  # owner: each job its owner's alone; group: every member reads all

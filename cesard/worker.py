@@ -273,17 +273,28 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     log.info("loaded %s on %s in %.1f s", ", ".join(engine.loaded_models()), a.device,
              time.monotonic() - loading)
-    if a.memory_limit == "auto" and a.device == "cpu":
-        limit_memory(AUTO_MEMORY_HEADROOM)
+    headroom = auto_headroom(a.max_audio_seconds)
+    if a.memory_limit == "auto" and a.device == "cpu" and headroom is not None:
+        limit_memory(headroom)
     worker.send({"op": "ready", "pid": os.getpid(), "models": engine.loaded_models()})
     worker.serve(commands)
     return 0
 
 
-# worker_memory_limit: auto. What a CPU worker may grow by once its models are loaded: a
-# job's decoded audio (6 h, max_audio_seconds, is 1.4 GB of float32 samples, held twice
-# while it is joined) and a second model (max_loaded_models).
-AUTO_MEMORY_HEADROOM = 4 << 30
+# worker_memory_limit: auto. What a CPU worker may grow by once its models are loaded:
+# a second model and the decoding of the longest audio allowed (max_audio_seconds). The
+# worker's address space grew by 3.4 GB for 3 h of audio (tiny.en, measured: about five
+# times its float32 samples, which faster-whisper decodes whole and joins).
+AUTO_MEMORY_BASE = 1 << 30
+AUTO_MEMORY_PER_SECOND = 5 * 16000 * 4
+
+
+def auto_headroom(max_audio_seconds: float) -> int | None:
+    """The address space a CPU worker may add to its loaded size (None: no cap, as when
+    max_audio_seconds is 0)."""
+    if max_audio_seconds <= 0:
+        return None
+    return AUTO_MEMORY_BASE + int(AUTO_MEMORY_PER_SECOND * max_audio_seconds)
 
 
 def limit_memory(headroom: int) -> None:

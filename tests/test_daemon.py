@@ -281,3 +281,15 @@ def test_worker_memory_limit_fails_the_hungry_job_only(
     assert "out of memory" in res["error"]["message"]
     small = d.submit_bytes("small.wav", fake_script(alloc=10 * 2**20, text="fits"))
     assert d.wait_result(small)["text"] == "fits"
+
+
+def test_workers_have_a_memory_bound_by_default(make_daemon: Callable[..., Daemon]) -> None:
+    """worker_memory_limit: auto (the default): a CPU worker may grow by what the longest
+    allowed audio needs (here 60 s: about 1 GiB), no more; a job past it fails alone."""
+    d = make_daemon(max_audio_seconds=60, max_attempts=1).start()
+    hungry = d.submit_bytes("bomb.wav", fake_script(alloc=3 * 2**30))
+    res = d.wait_result(hungry, 30)
+    assert res["status"] == "failed" and "out of memory" in res["error"]["message"], res
+    fits = d.submit_bytes("fits.wav", fake_script(alloc=200 * 2**20, text="fits"))
+    assert d.wait_result(fits)["text"] == "fits"
+    assert d.proc is not None and d.proc.poll() is None
