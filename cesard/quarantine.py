@@ -13,6 +13,7 @@ step is logged (once a minute for the same place) and the loop goes on.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -22,10 +23,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cesard import job as jobmod
+from cesard.spool import STORAGE_ERRNOS
 
 log = logging.getLogger("cesard")
 
 REPEAT_LOG_S = 60.0
+# Errors of the spool's storage, not of one entry: they pause the loop instead.
+PAUSING_ERRNOS = (*STORAGE_ERRNOS, errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class Quarantine:
@@ -49,12 +53,20 @@ class Quarantine:
         """Run the handling of ``state/name``; an unexpected error sets it aside."""
         try:
             yield
+        except OSError as e:
+            if e.errno in PAUSING_ERRNOS:
+                raise  # the spool's, not the entry's: the loop pauses (Supervisor.step)
+            self._set_aside(state, name, what)
         except Exception:  # noqa: BLE001 - the contract above: the entry's, not the daemon's
-            shown = jobmod.display_name(name)
-            log.exception("%s %s/%s failed with an unexpected error; the entry is set aside "
-                          "where it is until it changes or the daemon restarts, and every "
-                          "other job goes on (please report this)", what, state, shown)
-            self._held[(state, name)] = self._ctime(state, name)
+            self._set_aside(state, name, what)
+
+    def _set_aside(self, state: str, name: str, what: str) -> None:
+        """Log the error being handled with its traceback, naming the entry; hold it."""
+        log.exception("%s %s/%s failed with an unexpected error; the entry is set aside "
+                      "where it is until it changes or the daemon restarts, and every "
+                      "other job goes on (please report this)", what, state,
+                      jobmod.display_name(name))
+        self._held[(state, name)] = self._ctime(state, name)
 
     def forget(self, state: str, names: set[str]) -> None:
         """Drop what is set aside in ``state`` but no longer there."""

@@ -540,10 +540,12 @@ class Supervisor:
         except StartupError:
             raise
         except OSError as e:
-            if e.errno not in STORAGE_ERRNOS:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._disk_full(now, e)
+            elif e.errno in (*STORAGE_ERRNOS, errno.EROFS):
+                self._storage_away(now, e)
+            else:
                 self.quarantine.loop_error(now)
-                return
-            self._storage_away(now, e)
             return
         except Exception:  # noqa: BLE001 - the loop's contract (cesard/quarantine.py)
             self.quarantine.loop_error(now)
