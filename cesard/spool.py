@@ -499,10 +499,12 @@ class Spool:
         return Claimed(job_id, job_dir, meta, bare=got.bare, error=got.error)
 
     def candidates(self, job_dir: Path) -> list[str]:
-        """Names in a job directory that may be its audio."""
-        return [n for n in os.listdir(job_dir)
-                if n not in RESERVED and not n.startswith(".")
-                and not n.startswith("transcript.")]
+        """Names in a job directory that may be its audio (:func:`dropped.candidates`)."""
+        fd = fsops.open_dir(job_dir)
+        try:
+            return dropped.candidates(fd)
+        finally:
+            os.close(fd)
 
     def holds(self, job_dir: Path, me: Claimer) -> bool:
         """Whether ``me`` still holds the claim of ``job_dir`` (its lease carries my token).
