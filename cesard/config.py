@@ -8,6 +8,7 @@ Lookup (README, Configuration): ``--config``, then ``$CESAR_CONFIG``, then
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -92,6 +93,7 @@ class Config:
     metrics_textfile: str | None = None
     log_level: str = "info"
     source: str = "built-in defaults"
+    set_keys: tuple[str, ...] = ()  # the keys the file set (a reload compares them)
 
     @property
     def worker_count(self) -> int:
@@ -122,6 +124,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("source")
+        d.pop("set_keys")
         d["models"] = self.model_dirs
         d["defaults"] = self.job_defaults().to_dict()
         return d
@@ -249,7 +252,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "must be a file path or null",
     "log_level": _choice(("debug", "info", "warning", "error")),
 }
-KEYS = tuple(f.name for f in fields(Config) if f.name != "source")
+KEYS = tuple(f.name for f in fields(Config) if f.name not in ("source", "set_keys"))
 
 
 def parse(raw: Any, source: str) -> Config:
@@ -261,7 +264,10 @@ def parse(raw: Any, source: str) -> Config:
                           f"got {type(raw).__name__}")
     for key, value in raw.items():
         if key not in CHECKS:
-            raise ConfigError(f"{source}: unknown key {key!r}; known keys: {', '.join(KEYS)}")
+            close = difflib.get_close_matches(str(key), KEYS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{source}: unknown key {key!r}; {hint}known keys: "
+                              f"{', '.join(KEYS)}")
         problem = CHECKS[key](value)
         if problem and problem.startswith("key "):
             raise ConfigError(f"{source}: {problem}")
@@ -274,7 +280,7 @@ def parse(raw: Any, source: str) -> Config:
                 "hook_timeout"):
         if key in values:
             values[key] = float(values[key])
-    cfg = Config(**values, source=source)
+    cfg = Config(**values, source=source, set_keys=tuple(values))
     try:
         cfg.job_defaults()
     except jobmod.InvalidOption as e:
@@ -305,6 +311,52 @@ def load(path: str | None = None) -> Config:
     except yaml.YAMLError as e:
         raise ConfigError(f"{chosen}: not valid YAML: {e}") from e
     return parse(raw, chosen)
+
+
+# Keys whose silent fall-back to the default changes which jobs run and how: a reload
+# that drops one of them (an emptied or truncated file) is refused.
+RELOAD_KEPT = ("spool", "engine", "models", "defaults", "device", "device_index", "privacy",
+               "admin_group", "hooks", "max_file_bytes", "max_audio_seconds")
+
+
+def reload_problem(running: Config, new: Config) -> str | None:
+    """Why ``new`` may not replace ``running`` on a reload (SIGHUP), or None. An empty file,
+    or one that no longer sets keys the running configuration set (all of them, half of
+    them or more, or any of :data:`RELOAD_KEPT`) is a file cut short, not an intent:
+    a restart takes such a file as it is."""
+    lost = [k for k in running.set_keys if k not in new.set_keys]
+    if not lost:
+        return None
+    if not new.set_keys:
+        why = "is empty"
+    elif len(lost) * 2 >= len(running.set_keys) or any(k in RELOAD_KEPT for k in lost):
+        why = "no longer sets " + ", ".join(repr(k) for k in lost)
+    else:
+        return None
+    return (f"{new.source} {why} (the running configuration sets them): a file cut short "
+            "is not taken; put the keys back (or set them to the values you want), or "
+            "restart the daemon to start from this file as it is")
+
+
+def load_for_client(path: str | None = None) -> tuple[Config, str | None]:
+    """The configuration as a client (cesarctl) reads it: a broken file gives the built-in
+    defaults with the file's ``spool`` (when that key can still be read) and the error to
+    warn about, never a refusal: a client needs only the spool to queue work, and the
+    daemon checks every option itself."""
+    try:
+        return load(path), None
+    except ConfigError as e:
+        chosen = path or os.environ.get("CESAR_CONFIG") or str(DEFAULT_CONFIG)
+        spool: Any = None
+        try:
+            raw = yaml.safe_load(Path(chosen).read_text())
+            spool = raw.get("spool") if isinstance(raw, dict) else None
+        except (OSError, yaml.YAMLError, ValueError):
+            pass
+        cfg = Config(source="built-in defaults")
+        if isinstance(spool, str) and spool:
+            cfg.spool = spool
+        return cfg, str(e)
 
 
 def spool_path(cfg: Config, cli: str | None = None) -> Path:

@@ -13,13 +13,12 @@ import json
 import os
 import pwd
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from cesard import __version__, outputs
+from cesard import __version__, fsops, outputs
 from cesard import config as configmod
 from cesard import job as jobmod
 from cesard.spool import (
@@ -66,10 +65,16 @@ def whoami() -> str:
 # --- spool and daemon ------------------------------------------------------------
 
 def open_spool(args: argparse.Namespace) -> tuple[Spool, configmod.Config]:
-    try:
-        cfg = configmod.load(args.config)
-    except configmod.ConfigError as e:
-        raise CtlError(f"configuration error: {e}", EX_CONFIG) from e
+    """The spool and the configuration. A broken configuration file is the daemon's
+    administrator's to fix: cesarctl warns and goes on with the spool it can still tell
+    (``--spool``, ``$CESAR_SPOOL``, the file's ``spool``, the default); the daemon checks
+    every option itself (``args.config_ok`` is False then)."""
+    cfg, problem = configmod.load_for_client(args.config)
+    args.config_ok = problem is None
+    if problem is not None:
+        print(f"cesarctl: warning: the configuration cannot be read ({problem}); going on "
+              "with the built-in defaults and the spool it names, the daemon checks your "
+              "options itself; tell the administrator", file=sys.stderr)
     spool = Spool(configmod.spool_path(cfg, args.spool))
     if not spool.root.exists():
         raise CtlError(f"spool {spool.root} does not exist; start cesard (it creates the "
@@ -206,8 +211,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         opts["then"] = args.then
     try:
         options = jobmod.parse_options(opts, cfg.job_defaults(), where="command line")
-        check_model(cfg, options)
-        cfg.check_then(options)
+        if args.config_ok:
+            check_model(cfg, options)
+            cfg.check_then(options)
     except jobmod.InvalidOption as e:
         raise CtlError(as_flags(str(e)), EX_USAGE) from e
     files = [Path(f) for f in args.files]
@@ -854,10 +860,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                                "user (cesar) or root", EX_NOPERM) from e
             except FileNotFoundError:
                 continue
-            if trash.is_dir() and not trash.is_symlink():
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                trash.unlink(missing_ok=True)
+            fsops.remove_tree(trash)  # any depth, never following a link
     ids = "\n".join(f"{r['id']}" for r in removed)
     emit(removed, args, ids if not tty() else "\n".join(filter(None, [
         ids, f"{'would remove' if args.dry_run else 'removed'} {len(removed)} job(s)"])))

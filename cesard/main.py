@@ -7,13 +7,16 @@ import json
 import logging
 import os
 import pwd
+import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from cesard import __version__, devices, models, privacy
 from cesard import config as configmod
 from cesard.spool import Spool, SpoolError
-from cesard.supervisor import Supervisor
+from cesard.supervisor import RELOAD_ANSWER, Supervisor
 from cesard.systemd import Notifier, setup_logging
 
 EX_USAGE, EX_UNAVAILABLE, EX_SOFTWARE, EX_CANTCREAT, EX_CONFIG = 64, 69, 70, 73, 78
@@ -41,6 +44,12 @@ def parser() -> argparse.ArgumentParser:
                    help="run in the background (without systemd); see --pidfile and --log-file")
     p.add_argument("--pidfile", help="with --detach: write the daemon's pid here")
     p.add_argument("--log-file", help="with --detach: append logs here (default: syslog)")
+    p.add_argument("--reload", action="store_true",
+                   help="ask the running daemon to re-read its configuration (SIGHUP) and "
+                   "wait for its answer: exit 0 when it took the file, 1 when it refused it "
+                   "(systemd's ExecReload)")
+    p.add_argument("--pid", type=int, help="with --reload: the daemon's pid (default: the "
+                   "pid in the spool's state/status.json)")
     p.add_argument("--version", action="version", version=f"cesard {__version__}")
     return p
 
@@ -51,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args.config = args.config or os.environ.get("CESAR_CONFIG") or None
     if args.config:
         args.config = os.path.abspath(args.config)
+    if args.reload:
+        return _reload(args)
     try:
         cfg = configmod.load(args.config)
     except configmod.ConfigError as e:
@@ -69,6 +80,42 @@ def main(argv: list[str] | None = None) -> int:
                       cfg.log_level)
     setup_logging(cfg.log_level)
     return _run(cfg, spool, args)
+
+
+def _reload(args: argparse.Namespace, timeout: float = 60.0) -> int:
+    """``cesard --reload``: SIGHUP to the daemon, then its answer (state/reload.json)."""
+    cfg, _problem = configmod.load_for_client(args.config)  # the spool is all it needs
+    state = configmod.spool_path(cfg, args.spool) / "state"
+    answer_path = state / RELOAD_ANSWER
+    before = _read_json(answer_path)
+    pid = args.pid or (_read_json(state / "status.json") or {}).get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        print(f"cesard: --reload: no daemon pid (give --pid, or start cesard on {state.parent})",
+              file=sys.stderr)
+        return EX_UNAVAILABLE
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        print(f"cesard: --reload: cannot signal pid {pid}: {e.strerror}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = _read_json(answer_path)
+        if answer and answer != before and answer.get("pid") == pid:
+            ok = bool(answer.get("ok"))
+            print(f"cesard: {answer.get('message')}", file=sys.stdout if ok else sys.stderr)
+            return 0 if ok else 1
+        time.sleep(0.05)
+    print(f"cesard: --reload: pid {pid} did not answer within {timeout:g} s", file=sys.stderr)
+    return EX_UNAVAILABLE
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        d = json.loads(path.read_bytes()[:1 << 20])
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
 
 
 def _init(cfg: configmod.Config, spool: Spool, args: argparse.Namespace) -> int:

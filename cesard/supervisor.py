@@ -65,6 +65,7 @@ from cesard.watch import Watcher
 
 log = logging.getLogger("cesard")
 
+RELOAD_ANSWER = "reload.json"  # the answer to the last SIGHUP (cesard --reload waits for it)
 # A job's start or finish reaches status.json within this long (batched under load).
 STATUS_URGENT_S = 0.05
 # Config keys whose change needs new worker processes.
@@ -738,19 +739,23 @@ class Supervisor:
     # --- reload -------------------------------------------------------------------
 
     def reload(self) -> None:
+        """SIGHUP: take the configuration file again, or refuse it and keep the running
+        one; either way the answer goes to state/reload.json (``cesard --reload`` waits
+        for it: systemctl reload fails on a refusal)."""
         self.notify.reloading()
         try:
             new = configmod.load(self.config_path)
+            refusal = (configmod.reload_problem(self.cfg, new)
+                       or privacy.fake_engine_refusal(new.engine, self.spool.root))
         except configmod.ConfigError as e:
-            log.error("reload failed, keeping the running configuration: %s", e)
+            refusal = str(e)
+        if refusal:
+            message = f"reload failed, keeping the running configuration: {refusal}"
+            log.error("%s", message)
+            self._answer_reload(False, message)
             self.notify.ready(self.status_line(self.status(time.time())))
             return
         new.spool = self.cfg.spool
-        refusal = privacy.fake_engine_refusal(new.engine, self.spool.root)
-        if refusal:
-            log.error("reload refused, keeping the running configuration: %s", refusal)
-            self.notify.ready(self.status_line(self.status(time.time())))
-            return
         restart = any(getattr(new, k) != getattr(self.cfg, k) for k in WORKER_KEYS)
         self.cfg = new
         self.hooks.configure(new.hook_timeout, new.max_running_hooks)
@@ -763,11 +768,23 @@ class Supervisor:
         self.english_only = {m.name for m in self.model_infos if m.english_only}
         if restart:
             self.generation += 1
-            log.info("configuration reloaded from %s; workers restart after their current job",
-                     new.source)
+            message = (f"configuration reloaded from {new.source}; workers restart after "
+                       "their current job")
         else:
-            log.info("configuration reloaded from %s", new.source)
+            message = f"configuration reloaded from {new.source}"
+        log.info("%s", message)
+        self._answer_reload(True, message)
         self.notify.ready(self.status_line(self.status(time.time())))
+
+    def _answer_reload(self, ok: bool, message: str) -> None:
+        data = {"ok": ok, "message": message, "at": jobmod.iso(time.time()),
+                "pid": os.getpid(), "nonce": os.urandom(6).hex()}
+        try:
+            write_atomic(self.spool.dir("state"), RELOAD_ANSWER,
+                         (json.dumps(data) + "\n").encode(), mode=0o644, durable=False)
+        except OSError as e:
+            log.warning("cannot write the reload's answer to state/%s: %s", RELOAD_ANSWER,
+                        e.strerror)
 
     # --- the loop -----------------------------------------------------------------
 

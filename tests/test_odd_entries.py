@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,8 @@ def odd_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d.start()
     yield d
     d.close()
+    # What failed keeps what was dropped: trees deeper than pytest's own clean-up can take.
+    subprocess.run(["rm", "-rf", str(d.tmp)], check=False)
 
 
 def publish(d: Daemon, entry: dict[str, Any], n: int) -> bytes:

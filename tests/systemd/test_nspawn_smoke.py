@@ -17,6 +17,9 @@ VENV = nspawn.VENV
 STANDIN = f"""#!{VENV}/bin/python3
 # Stand-in for cesard: the notify protocol cesard speaks (sd_notify).
 import os, signal, sys, time
+if "--reload" in sys.argv:  # ExecReload: cesard --reload --pid $MAINPID
+    os.kill(int(sys.argv[sys.argv.index("--pid") + 1]), signal.SIGHUP)
+    sys.exit(0)
 import numpy, sdnotify
 
 def log(prio, msg):
