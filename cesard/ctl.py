@@ -900,6 +900,10 @@ def health(args: argparse.Namespace) -> tuple[int, str]:
         spool, cfg = open_spool(args)
     except CtlError as e:
         return 3, f"CESARD UNKNOWN - {e}"
+    if fsops.read_only(spool.root):
+        return 2, (f"CESARD CRITICAL - spool {spool.root} is read-only: cesard pauses every "
+                   "claim and result until it is writable again (remount it read-write; an "
+                   "ext4 error remounts it read-only: check the disk)")
     st = read_status(spool)
     if st is None:
         return 2, f"CESARD CRITICAL - no status in {spool.root}/state; is cesard running?"

@@ -65,6 +65,27 @@ def _depth(data: bytes) -> int:
     return deepest
 
 
+def read_only(path: Path) -> bool:
+    """Whether the filesystem of ``path`` is read-only now: mounted so, or turned so by an
+    error (ext4's ``errors=remount-ro`` marks its superblock ``emergency_ro`` and refuses
+    every write with EROFS while the mount still says rw)."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return True
+        dev = os.stat(path).st_dev
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return False
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[2] == want and " - " in line:
+            supers = line.rsplit(" - ", 1)[1].split()[-1].split(",")
+            if "ro" in supers or "emergency_ro" in supers:
+                return True
+    return False
+
+
 def fsync_dir(path: Path) -> None:
     """Make the entries of ``path`` durable. A member may not open a drop directory
     (mode 1730: no read bit); it syncs the spool's filesystem instead (syncfs(2)

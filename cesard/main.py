@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cesard import __version__, devices, models, privacy
+from cesard import __version__, devices, fsops, models, privacy
 from cesard import config as configmod
 from cesard.spool import Spool, SpoolError
 from cesard.supervisor import RELOAD_ANSWER, Supervisor
@@ -153,6 +153,33 @@ def _init(cfg: configmod.Config, spool: Spool, args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_writable(spool: Spool, notifier: Notifier, every: float = 1.0) -> bool:
+    """Wait while the spool's filesystem is read-only (nothing can be claimed or written,
+    and nothing is lost by waiting); False when SIGTERM/SIGINT asked to stop meanwhile.
+    systemd's start timeout is extended while it waits."""
+    if not fsops.read_only(spool.root):
+        return True
+    log.error("spool %s is read-only: waiting for it to be writable (remount it read-write; "
+              "an ext4 error remounts it read-only: check the disk); every job stays where it "
+              "is", spool.root)
+    stop: list[int] = []
+    old = {s: signal.signal(s, lambda n, _f: stop.append(n))
+           for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while fsops.read_only(spool.root) and not stop:
+            notifier.send("STATUS=waiting: the spool is read-only",
+                          f"EXTEND_TIMEOUT_USEC={int(every * 3e6)}")
+            time.sleep(every)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if stop:
+        log.info("stopped while the spool was read-only")
+        return False
+    log.info("spool %s is writable: starting", spool.root)
+    return True
+
+
 def place(cfg: configmod.Config) -> devices.Placement:
     """Where the workers run (DeviceError for an unusable 'device: cuda'). The fake engine
     stays on the CPU under 'auto' without asking CTranslate2."""
@@ -169,6 +196,9 @@ def _run(cfg: configmod.Config, spool: Spool, args: argparse.Namespace,
         log.error("cannot create spool %s: %s; create it or fix its permissions",
                   spool.root, e.strerror)
         return EX_CANTCREAT
+    notifier = Notifier(ready_fd)
+    if not _wait_writable(spool, notifier):
+        return 0
     try:
         line, spool.guard = privacy.prepare(spool.root, cfg.privacy, cfg.admin_group)
     except privacy.PrivacyError as e:
@@ -198,7 +228,7 @@ def _run(cfg: configmod.Config, spool: Spool, args: argparse.Namespace,
     # args.config already holds $CESAR_CONFIG (see main).
     config_path = args.config or (
         str(configmod.DEFAULT_CONFIG) if Path(configmod.DEFAULT_CONFIG).exists() else None)
-    sup = Supervisor(cfg, spool, config_path, notifier=Notifier(ready_fd), drain=args.drain,
+    sup = Supervisor(cfg, spool, config_path, notifier=notifier, drain=args.drain,
                      placement=placement)
     try:
         return sup.run()

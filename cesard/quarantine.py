@@ -29,7 +29,7 @@ log = logging.getLogger("cesard")
 
 REPEAT_LOG_S = 60.0
 # Errors of the spool's storage, not of one entry: they pause the loop instead.
-PAUSING_ERRNOS = (*STORAGE_ERRNOS, errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+PAUSING_ERRNOS = (*STORAGE_ERRNOS, errno.ENOSPC, errno.EDQUOT)
 
 
 class Quarantine:

@@ -82,10 +82,12 @@ RESERVED = dropped.RESERVED
 # A job that gave up in recovery: its audio is hashed for result.json up to this size.
 RECOVERY_HASH_BYTES = 16 << 20
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
-# The storage went away (a network filesystem's server restarting, a partition): the
-# daemon pauses and retries, as for a full disk (Supervisor.step).
+# The storage went away (a network filesystem's server restarting, a partition) or
+# turned read-only (an ext4 error with errors=remount-ro, a remount): the daemon pauses,
+# keeps every job and result, and retries, as for a full disk (Supervisor.step).
 STORAGE_ERRNOS = (errno.ENOTCONN, errno.EIO, errno.ESTALE, errno.EHOSTDOWN,
-                  errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.ECONNABORTED, errno.ECONNRESET)
+                  errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.ECONNABORTED, errno.ECONNRESET,
+                  errno.EROFS)
 
 
 class SpoolError(Exception):

@@ -31,6 +31,7 @@ from cesard import (
     dedupe,
     devices,
     dispatch,
+    fsops,
     hooks,
     limits,
     models,
@@ -543,7 +544,7 @@ class Supervisor:
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 self._disk_full(now, e)
-            elif e.errno in (*STORAGE_ERRNOS, errno.EROFS):
+            elif e.errno in STORAGE_ERRNOS:
                 self._storage_away(now, e)
             else:
                 self.quarantine.loop_error(now)
@@ -552,7 +553,9 @@ class Supervisor:
             self.quarantine.loop_error(now)
             return
         if self.storage_error is not None:
-            log.info("the spool's storage answers again; claiming resumed")
+            if self.storage_error == errno.EROFS and fsops.read_only(self.spool.root):
+                return  # a step that wrote nothing proves nothing: still read-only
+            log.info("the spool's storage answers again (it is writable); claiming resumed")
             self.storage_error = None
             self.disk_full_until = 0.0
 
@@ -560,7 +563,12 @@ class Supervisor:
         """The spool's storage failed a step (a network filesystem's server restarting,
         a partition): pause claims, keep every job where it is, try again in 5 s."""
         self.disk_full_until = now + 5.0
-        if self.storage_error is None:
+        if self.storage_error is None and e.errno == errno.EROFS:
+            log.error("the spool's filesystem is read-only (%s): claiming paused; every job "
+                      "and result stays where it is and is written once it is writable "
+                      "again (remount it read-write; check the disk: an ext4 error remounts "
+                      "it read-only); trying again every 5 s", e.filename or self.spool.root)
+        elif self.storage_error is None:
             log.error("the spool's storage is not answering (%s: %s): claiming paused; every "
                       "job stays where it is; trying again every 5 s", e.strerror,
                       e.filename or self.spool.root)
@@ -894,7 +902,14 @@ class Supervisor:
         self.catalog.close()
         self.status_dirty = True
         self.next_status = 0.0
-        self.publish_status(time.time())
+        try:
+            self.publish_status(time.time())
+        except OSError as e:  # a read-only or absent storage: the journal says it all
+            log.warning("the last status could not be written: %s", e.strerror)
+        for job_id in self.waiting:
+            log.warning("job=%s: its result could not be written before the stop (the "
+                        "spool's storage did not take it); the job stays in processing/ and "
+                        "runs again at the next start", job_id)
         fin = self.metrics.finished
         log.info("stopped: %d done, %d failed, %d cancelled since start", fin["done"],
                  fin["failed"], fin["cancelled"])
