@@ -86,6 +86,23 @@ def read_only(path: Path) -> bool:
     return False
 
 
+def fsync_file(path: Path | str, dir_fd: int | None = None) -> None:
+    """fsync the regular file ``path`` (opened read-only, never through a link, never
+    blocking on a FIFO); anything else is left alone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOENT, errno.EACCES, errno.ENXIO):
+            return
+        raise
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make the entries of ``path`` durable. A member may not open a drop directory
     (mode 1730: no read bit); it syncs the spool's filesystem instead (syncfs(2)

@@ -369,7 +369,7 @@ class Spool:
             _check_readable(src, entry.name)
         dst = self._new_job_dir(self.free_id(entry.name) if is_dir else None)
         try:
-            write_atomic(dst, LEASE, me.lease(now), durable=False)
+            write_atomic(dst, LEASE, me.lease(now))
         except OSError as e:
             fsops.remove_tree(dst)
             if isinstance(e, FileNotFoundError):
@@ -429,7 +429,7 @@ class Spool:
                     raise
                 job_id = jobmod.new_job_id()  # that id is running: take this one under a new id
         try:
-            write_atomic(dst, LEASE, me.lease(now), durable=False)
+            write_atomic(dst, LEASE, me.lease(now))
         except OSError:
             # No lease (a full disk): undo the claim rather than leave an entry
             # that only lease expiry would recover, with an attempt counted.
@@ -526,16 +526,17 @@ class Spool:
     def take_lease(self, job_dir: Path, me: Claimer, now: float) -> None:
         """Write ``me``'s lease into a job directory the daemon just moved into
         processing/ itself (a deferred job it cancels)."""
-        write_atomic(job_dir, LEASE, me.lease(now), durable=False)
+        write_atomic(job_dir, LEASE, me.lease(now))
 
     def heartbeat(self, job_id: str, me: Claimer, now: float) -> bool:
-        """Refresh a running job's lease (not durable: a lost heartbeat is harmless);
+        """Refresh a running job's lease (durable like every lease: after a power cut the
+        claimer of every job in processing/ is known, and a dead one recovered at once);
         False when the claim is no longer mine (:meth:`holds`)."""
         job_dir = self.dir("processing") / job_id
         try:
             if not self.holds(job_dir, me):
                 return False
-            write_atomic(job_dir, LEASE, me.lease(now), durable=False)
+            write_atomic(job_dir, LEASE, me.lease(now))
         except OSError:
             pass  # a full disk or the storage away: the next heartbeat tries again
         return True
@@ -638,11 +639,9 @@ class Spool:
         # One fsync of the directory covers the outputs' renames above; the data
         # of each was written before it, so fsync the files' data first.
         for name in (*outputs, RESULT):
-            fd = os.open(job_dir / name, os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsops.fsync_file(job_dir / name)
+        if keep_audio and audio:
+            fsops.fsync_file(job_dir / audio)  # (a bare file copied in was never synced)
         fsync_dir(job_dir)
         return self._move(job_dir, state, job_id)
 
