@@ -345,6 +345,23 @@ class JobMeta:
                    owner=owner)
 
 
+def interruptions(meta: JobMeta) -> int:
+    """Attempts a stop of the daemon or its host cut short (recovery marks their errors
+    ``"interrupted": true``): not the job's fault, not counted against max_attempts."""
+    return sum(1 for e in meta.errors if e.get("interrupted") is True)
+
+
+def charged_attempts(meta: JobMeta) -> int:
+    """Attempts that count against max_attempts: those that ended by the job's own failure
+    (its worker crashed on it, a timeout, a transient error)."""
+    return meta.attempts - interruptions(meta)
+
+
+def interruption_limit(max_attempts: int) -> int:
+    """Daemon stops a job may live through before it is taken for their cause."""
+    return 5 * max_attempts
+
+
 def display_name(name: str) -> str:
     """A file name safe for JSON and logs (undecodable bytes shown as \\xNN)."""
     return os.fsencode(name).decode("utf-8", "backslashreplace")

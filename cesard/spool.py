@@ -38,8 +38,10 @@ Rules:
 * Recovery (:func:`recover`, at start-up and then periodically for leases of
   other hosts): an orphaned entry is first stolen by renaming it to
   ``processing/ID~rTOKEN`` (exactly one recoverer wins), then ``attempts`` is
-  raised by one and it is renamed back to ``incoming/ID`` (keeping its
-  submission time, so its place) or, past ``max_attempts``, to ``failed/ID``.
+  raised by one (its error marked ``interrupted``: a daemon's stop is not the job's
+  fault and is not counted against ``max_attempts``) and it is renamed back to
+  ``incoming/ID`` (keeping its submission time, so its place) or, after 5 x
+  ``max_attempts`` such stops (a job that may itself stop the daemon), to ``failed/ID``.
 * Finish (:func:`finish`): outputs are written into ``processing/ID``, the
   lease removed, then ``rename(processing/ID, done|failed/ID)``.
 * Requeue on shutdown (:func:`requeue`): ``rename(processing/ID,
@@ -749,17 +751,19 @@ class Spool:
             self._clear_outputs(stolen)
             return "incoming", self._move(stolen, "incoming", base).name
         meta.id = base
-        meta.attempts += 1
-        err = jobmod.WorkerCrashed(reason)
-        if meta.attempts >= max_attempts:
-            err = jobmod.WorkerCrashed(f"{reason}; gave up after {meta.attempts} attempts "
-                                       f"(max_attempts={max_attempts})")
+        meta.attempts += 1  # it ran; a stop of its daemon is not charged to it, though
+        stops = jobmod.interruptions(meta) + 1
+        limit = jobmod.interruption_limit(max_attempts)
+        if stops >= limit:
+            err = jobmod.WorkerCrashed(
+                f"{reason}; its daemon stopped {stops} times while it ran (at most {limit}, "
+                f"5 x max_attempts): it may be what stops it; 'cesarctl retry' runs it again")
             self._clear_outputs(stolen)
             source = self.describe_source(stolen, meta, RECOVERY_HASH_BYTES)
             result = jobmod.make_result(meta, "failed", None, source, None, jobmod.iso(now), "",
                                         meta.attempts, error=err)
             return "failed", self.finish(base, "failed", result, {}, True, None, stolen).name
-        meta.errors.append(err.to_dict())
+        meta.errors.append({**jobmod.WorkerCrashed(reason).to_dict(), "interrupted": True})
         self._clear_outputs(stolen)
         self._replace_meta(stolen, meta)
         return "incoming", self._move(stolen, "incoming", base).name

@@ -266,8 +266,8 @@ class Supervisor:
                         reason)
             self._index_name(job_id, now, settled=True)
         elif state == "failed":
-            log.error("job=%s failed: WorkerCrashed: %s; gave up after max_attempts=%d",
-                      job_id, reason, self.cfg.max_attempts)
+            log.error("job=%s failed: WorkerCrashed: %s; its daemon stopped %d times while "
+                      "it ran", job_id, reason, jobmod.interruption_limit(self.cfg.max_attempts))
             self.hooks.after_recovery(job_id, self.spool.dir("failed") / job_id,
                                       self.cfg.hooks)
             self.on_disk["failed"] += 1
@@ -640,9 +640,10 @@ class Supervisor:
 
     def _retry_or_fail(self, job: Running, err: jobmod.JobError, now: float) -> None:
         """A transient failure: defer for a retry, or fail past max_attempts."""
-        if job.meta.attempts + 1 >= self.cfg.max_attempts:
+        charged = jobmod.charged_attempts(job.meta) + 1  # a daemon's stops are not charged
+        if charged >= self.cfg.max_attempts:
             final = jobmod.TransientError(
-                f"{err}; gave up after {job.meta.attempts + 1} attempts "
+                f"{err}; gave up after {charged} failed attempts "
                 f"(max_attempts={self.cfg.max_attempts})")
             final.type = err.type
             self._finish(job, "failed", None, None, final, now)  # (fenced there)

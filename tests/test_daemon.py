@@ -124,6 +124,25 @@ def test_sigterm_during_job_requeues_and_restart_finishes(
     assert res["attempts"] == 1
 
 
+def test_kill9_of_the_daemon_is_not_charged_to_the_jobs_it_ran(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """Issue 20: a daemon killed again and again while a job runs (more often than
+    max_attempts) does not fail that job: the stops are not its fault."""
+    d = make_daemon(max_attempts=2).start()
+    job = d.submit_bytes("j.wav", fake_script(sleep=30))
+    for _ in range(3):
+        wait_until(lambda: (d.status() or {}).get("running"), 20, "the job to run")
+        d.kill_all()
+        d.start()
+    wait_until(lambda: (d.status() or {}).get("running"), 20, "the job to run")
+    d.kill_all()
+    (d.spool / "processing" / job / "j.wav").write_bytes(fake_script(text="made it"))
+    d.start()
+    res = d.wait_result(job)
+    assert res["status"] == "done" and res["text"] == "made it", res
+    assert res["attempts"] == 5 and all(e["interrupted"] for e in res["errors"])
+
+
 def test_sigterm_waits_for_running_job_within_grace(make_daemon: Callable[..., Daemon]) -> None:
     d = make_daemon(shutdown_grace=30).start()
     job = d.submit_bytes("j.wav", fake_script(sleep=1, text="made it"))

@@ -170,16 +170,19 @@ def test_recover_counts_an_attempt_and_keeps_the_place(tmp_path: Path) -> None:
     meta = json.loads((s.dir("incoming") / job_id / "job.json").read_text())
     assert meta["attempts"] == 1 and meta["submitted_at"] == submitted
     assert not (s.dir("incoming") / job_id / "claim.json").exists()
-    # Past max_attempts the job goes to failed/ with its history.
-    for _ in range(2):
+    assert meta["errors"][0]["interrupted"] is True
+    # A daemon's stop is not the job's fault: past max_attempts it still goes back; only
+    # after 5 x max_attempts stops is it taken for their cause, failed with its history.
+    for i in range(2, 16):
         e = s.entry_key(job_id)
         assert e is not None and s.claim(e, dead, time.time()) is not None
         assert s.orphans(me, time.time(), 60) == []  # first seen now: watched from now
         (name,) = s.orphans(me, time.time() + 61, 60)
         state, _ = s.recover(name, 3, time.time(), "gone")
-    assert state == "failed"
+        assert state == ("failed" if i == 15 else "incoming"), i
     res = checked(json.loads((s.dir("failed") / job_id / "result.json").read_text()))
-    assert res["attempts"] == 3 and len(res["errors"]) == 3
+    assert res["attempts"] == 15 and len(res["errors"]) == 15
+    assert "stopped 15 times" in res["error"]["message"]
 
 
 def test_clean_tmp_removes_only_stale_builds(tmp_path: Path) -> None:
