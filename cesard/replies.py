@@ -16,6 +16,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from cesard import job as jobmod
+from cesard import oom
 from cesard.pool import StartupError, WorkerProc
 from cesard.spool import STORAGE_ERRNOS
 
@@ -57,6 +58,8 @@ def worker_gone(sup: Supervisor, w: WorkerProc, now: float) -> None:
     sup._reap(w)
     jobs = list(w.jobs.values())
     sig = f"signal {-code}" if code < 0 else f"status {code}"
+    if code == -9 and sup.oom.killed_since():
+        sig = oom.ADVICE
     if w.batched and jobs:
         batch_lost(sup, jobs, f"its worker {w.pid} died ({sig})")
     elif jobs:

@@ -48,6 +48,7 @@ from cesard.fsops import write_atomic
 from cesard.index import Pending, QueueIndex
 from cesard.job import JobMeta, JobOptions
 from cesard.metrics import Metrics
+from cesard.oom import OomWatch
 from cesard.pool import StartupError, WorkerProc
 from cesard.quarantine import Quarantine
 from cesard.sources import Sources
@@ -144,6 +145,7 @@ class Supervisor:
         self.dedupe: dedupe.Dedupe | None = None
         self.sources = Sources(self.wake)
         self.quarantine = Quarantine(spool.root)
+        self.oom = OomWatch()  # was a worker's SIGKILL the kernel's OOM killer? (oom.py)
         self.catalog = catalog.Catalog(spool, group_readable=cfg.privacy == "group")
         # incoming/ entries the daemon may not take, by name → st_ctime_ns when refused;
         # a chmod (IN_ATTRIB) or any other change of ctime brings them back.
