@@ -146,7 +146,7 @@ class Control:
     def _expire_reply(self, name: str, now: float) -> None:
         path = self.sup.spool.dir("control") / name
         try:
-            if now - os.lstat(path).st_mtime > REPLY_TTL_S:
+            if time.time() - os.lstat(path).st_mtime > REPLY_TTL_S:  # (file times: wall)
                 path.unlink()
         except OSError:
             pass
@@ -260,7 +260,8 @@ class Control:
             try:
                 meta = sup.spool.read_meta(path)
             except jobmod.JobError:
-                meta = JobMeta(id=job_id, options={}, submitted_at=jobmod.iso(now))
+                meta = JobMeta(id=job_id, options={},
+                               submitted_at=jobmod.iso(self.sup.clock.shown(now)))
         sup.index.discard(job_id)
         sup.deferred.pop(job_id, None)
         from cesard.supervisor import Running

@@ -179,7 +179,7 @@ def send(sup: Supervisor, w: WorkerProc, jobs: list[Running], now: float,
         # its deadline count from here.
         job.deadline += now - job.started
         job.started = now
-        job.started_at = jobmod.iso(now)
+        job.started_at = jobmod.iso(sup.clock.shown(now))
         msgs.append({"op": "job", "id": job.id, "audio": str(job.path / job.audio),
                      "name": job.audio, "segments": str(job.path / SEGMENTS),
                      "options": job.options.to_dict()})

@@ -45,10 +45,10 @@ def snapshot(sup: Supervisor, now: float) -> dict[str, Any]:
     oldest = sup.index.oldest_key()
     oldest_age = None
     if oldest:
-        oldest_age = round(now - jobmod.parse_iso(oldest).timestamp(), 1)
+        oldest_age = round(sup.clock.shown(now) - jobmod.parse_iso(oldest).timestamp(), 1)
     return {
         "schema": 1, "pid": os.getpid(), "host": sup.me.host,
-        "started_at": jobmod.iso(sup.started), "updated_at": jobmod.iso(now),
+        "started_at": jobmod.iso(sup.started), "updated_at": jobmod.iso(sup.clock.shown(now)),
         "state": "stopped" if sup.exit_code is not None else
         "stopping" if sup.stopping else ("running" if sup.ready_sent
                                                    else "starting"),

@@ -43,6 +43,7 @@ from cesard import (
 )
 from cesard import config as configmod
 from cesard import job as jobmod
+from cesard.clock import Clock
 from cesard.control import Control
 from cesard.fsops import write_atomic
 from cesard.index import Pending, QueueIndex
@@ -124,6 +125,7 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.exit_code: int | None = None
         self.ready_sent = False
+        self.clock = Clock()  # the loop's time: immune to wall-clock jumps (clock.py)
         self.started = time.time()
         self.on_disk = {"done": 0, "failed": 0}  # entries in done/ and failed/
         self.finished_mtime: dict[str, int] = {}  # their mtimes when counted
@@ -208,10 +210,10 @@ class Supervisor:
         # a job before run_once, so recovery still happens before any claim.
         for _ in range(pool.worker_count(self.cfg, self.placement)):
             self._spawn()
-        now = time.time()
+        now = self.clock.now()
         self.recover(now, startup=True)
         self.next_recover = now + self.cfg.lease_seconds / 2
-        for name in self.spool.clean_tmp(now):
+        for name in self.spool.clean_tmp(time.time()):  # (file times are wall-clock times)
             log.info("removed %s from tmp/: an unpublished build older than a day",
                      jobmod.display_name(name))
         self.watcher = Watcher(self.spool.root, self.cfg.watch)
@@ -254,7 +256,8 @@ class Supervisor:
         reason = ("the daemon holding this job stopped without finishing it"
                   if startup else "the claim's lease expired (its daemon is gone)")
         try:
-            state, job_id = self.spool.recover(name, self.cfg.max_attempts, now, reason)
+            state, job_id = self.spool.recover(name, self.cfg.max_attempts,
+                                               self.clock.shown(now), reason)
         except OSError as e:
             # It stays in processing/ (maybe as ID~rTOKEN) and is recovered later.
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -273,7 +276,7 @@ class Supervisor:
             self.hooks.after_recovery(job_id, self.spool.dir("failed") / job_id,
                                       self.cfg.hooks)
             self.on_disk["failed"] += 1
-            self.metrics.job_finished("failed", None, None, now)
+            self.metrics.job_finished("failed", None, None, self.clock.shown(now))
 
     def _count_finished(self) -> None:
         for state in ("done", "failed"):
@@ -433,7 +436,7 @@ class Supervisor:
         deferred = set(self.spool.scan("deferred"))
         for name in deferred - set(self.deferred):
             due = self.spool.due(name, now)
-            self.deferred[name] = now if due is None else due
+            self.deferred[name] = now if due is None else self.clock.from_wall(due)
         for gone in set(self.deferred) - deferred:
             del self.deferred[gone]
 
@@ -507,7 +510,7 @@ class Supervisor:
 
     def _prepare(self, c: Claimed, now: float) -> Running | None:
         """Validate a claimed job; a bad one is finished into failed/ here."""
-        started_at = jobmod.iso(now)
+        started_at = jobmod.iso(self.clock.shown(now))
         meta = c.meta
         meta.id = c.id  # the directory's name is the id (a clash renames it at claim)
         try:
@@ -591,11 +594,11 @@ class Supervisor:
                 now: float, deduplicated_from: str | None = None) -> None:
         if not self._ours(job, "finished"):
             return
-        finished_at = jobmod.iso(now)
+        finished_at = jobmod.iso(self.clock.shown(now))
         if source is None:
             source = self.sources.describe(
                 job.id, job.path, job.meta, self.cfg.max_file_bytes,
-                lambda s: self._finish(job, status, s, transcript, error, time.time(),
+                lambda s: self._finish(job, status, s, transcript, error, self.clock.now(),
                                        deduplicated_from))
             if source is None:
                 return  # finished once its audio is hashed, off the loop (cesard/sources.py)
@@ -623,7 +626,8 @@ class Supervisor:
         if self.finished_mtime.get(state) is not None:
             self.finished_mtime[state] = self._mtime(state)  # our own change, counted
         t = transcript or {}
-        self.metrics.job_finished(status, t.get("duration"), t.get("transcribe_s"), now)
+        self.metrics.job_finished(status, t.get("duration"), t.get("transcribe_s"),
+                                  self.clock.shown(now))
         self.status_urgent = True
         shown = jobmod.display_name(job.audio) if job.audio else str(source.get("name") or "-")
         if deduplicated_from:
@@ -657,7 +661,7 @@ class Supervisor:
         meta.errors.append(err.to_dict())
         delays = self.cfg.retry_delays
         delay = delays[min(meta.attempts - 1, len(delays) - 1)]
-        meta.not_before = jobmod.iso(now + delay)
+        meta.not_before = jobmod.iso(self.clock.shown(now) + delay)
         try:
             self.spool.defer(job.id, meta)
         except OSError as e:
@@ -677,7 +681,7 @@ class Supervisor:
             return
         self.spool.requeue(job.id)
         log.info("job=%s returned to incoming/ (%s); no attempt counted", job.id, why)
-        self._index_name(job.id, time.time(), settled=True)
+        self._index_name(job.id, self.clock.now(), settled=True)
         self.status_dirty = True
 
     # --- timers -------------------------------------------------------------------
@@ -764,7 +768,7 @@ class Supervisor:
             message = f"reload failed, keeping the running configuration: {refusal}"
             log.error("%s", message)
             self._answer_reload(False, message)
-            self.notify.ready(self.status_line(self.status(time.time())))
+            self.notify.ready(self.status_line(self.status(self.clock.now())))
             return
         new.spool = self.cfg.spool
         restart = any(getattr(new, k) != getattr(self.cfg, k) for k in WORKER_KEYS)
@@ -785,7 +789,7 @@ class Supervisor:
             message = f"configuration reloaded from {new.source}"
         log.info("%s", message)
         self._answer_reload(True, message)
-        self.notify.ready(self.status_line(self.status(time.time())))
+        self.notify.ready(self.status_line(self.status(self.clock.now())))
 
     def _answer_reload(self, ok: bool, message: str) -> None:
         data = {"ok": ok, "message": message, "at": jobmod.iso(time.time()),
@@ -891,8 +895,8 @@ class Supervisor:
         try:
             self.start()
             while self.exit_code is None:
-                self._wait(time.time())
-                self.step(time.time())
+                self._wait(self.clock.now())
+                self.step(self.clock.now())
         except StartupError as e:
             log.error("%s", e)
             self._abort()
@@ -906,7 +910,7 @@ class Supervisor:
         self.status_dirty = True
         self.next_status = 0.0
         try:
-            self.publish_status(time.time())
+            self.publish_status(self.clock.now())
         except OSError as e:  # a read-only or absent storage: the journal says it all
             log.warning("the last status could not be written: %s", e.strerror)
         for job_id in self.waiting:
