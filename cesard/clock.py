@@ -17,6 +17,15 @@ class Clock:
     def __init__(self) -> None:
         self._wall0 = time.time()
         self._mono0 = time.monotonic()
+        self._offset = 0.0  # wall-clock time minus loop time, as last taken
+
+    def _wall_offset(self) -> float:
+        """Wall minus loop time; kept steady below a millisecond of drift (two readings
+        of the two clocks differ by microseconds: times shown in one order stay in it)."""
+        drift = time.time() - self.now()
+        if abs(drift - self._offset) > 0.001:
+            self._offset = drift
+        return self._offset
 
     def now(self) -> float:
         """The loop's time: seconds since the epoch as of start-up, advancing monotonically."""
@@ -24,8 +33,8 @@ class Clock:
 
     def shown(self, t: float) -> float:
         """The wall-clock time of loop time ``t`` (for what people read)."""
-        return t + (time.time() - self.now())
+        return t + self._wall_offset()
 
     def from_wall(self, wall: float) -> float:
         """The loop time of a wall-clock time (a retry's not_before read from job.json)."""
-        return wall - (time.time() - self.now())
+        return wall - self._wall_offset()
