@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import pwd
 import re
 import signal
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import BIN, Daemon, fake_script, wait_until
+
+ME = pwd.getpwuid(os.geteuid()).pw_name  # the owner of what the tests submit
 
 
 def alive(pid: int) -> bool:
@@ -373,11 +376,11 @@ def test_list_and_show_on_a_terminal_are_for_people(make_daemon: Callable[..., D
     lines = out.splitlines()
     assert lines[0].split() == ["ID", "STATE", "OWNER", "NAME", "AUDIO", "AGE", "PROGRESS"]
     row = next(ln for ln in lines if ok in ln)
-    assert "meeting.wav" in row and "root" in row and "65 s" in row and "ago" in row
+    assert "meeting.wav" in row and ME in row and "65 s" in row and "ago" in row
     assert "\033[32mdone\033[0m" in row and "\033[31mfailed" in out  # colour on a terminal
     code, out = on_terminal(d, "list", env={**env, "NO_COLOR": "1"})
     assert "\033[" not in out and "done" in out
     piped = d.ctl("list").stdout  # scripts: the tab-separated lines, unchanged
-    assert f"{ok}\tdone\tdone\tmeeting.wav\troot" in piped.splitlines()
+    assert f"{ok}\tdone\tdone\tmeeting.wav\t{ME}" in piped.splitlines()
     code, out = on_terminal(d, "show", ok)
-    assert "owner:     root" in out and "text:      fine" in out and not out.startswith("{")
+    assert f"owner:     {ME}" in out and "text:      fine" in out and not out.startswith("{")
