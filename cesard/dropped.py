@@ -124,7 +124,6 @@ def _take_audio(sub: int, job_fd: int, job_id: str, named: str | None) -> str:
     fsops.rename_noreplace(name, final, src_dir_fd=sub, dst_dir_fd=job_fd)
     if not fsops.same_file(os.lstat(final, dir_fd=job_fd), before):
         raise changed(job_id)
-    fsops.fsync_file(final, job_fd)  # the daemon answers for it from now on
     return final
 
 
@@ -138,7 +137,6 @@ def adopt_bare(job_fd: int, job_id: str, checked: os.stat_result | None) -> Adop
     meta.owner = now.st_uid
     if checked is not None and not fsops.same_file(now, checked):
         return Adopted(meta, True, changed(job_id))
-    fsops.fsync_file(names[0], job_fd)  # a copy a writer never synced: durable from now on
     return Adopted(meta, True, None)
 
 

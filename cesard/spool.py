@@ -642,8 +642,9 @@ class Spool:
         # of each was written before it, so fsync the files' data first.
         for name in (*outputs, RESULT):
             fsops.fsync_file(job_dir / name)
-        if keep_audio and audio:
-            fsops.fsync_file(job_dir / audio)  # (a bare file copied in was never synced)
+        if keep_audio and audio and state == "done":
+            # Its worker synced it when it opened it (cesard/worker.py): this is cheap.
+            fsops.fsync_file(job_dir / audio)
         fsync_dir(job_dir)
         return self._move(job_dir, state, job_id)
 

@@ -89,6 +89,10 @@ def _open_audio(path: str, shown: str) -> tuple[BinaryIO, dict[str, Any]]:
         raise jobmod.UnsupportedFile(f"{shown} has {st.st_nlink} hard links; copy the audio "
                                      "itself (hard links are never taken)")
     os.set_blocking(fd, True)
+    # The daemon answers for the audio from now on: a copy its writer never synced (cp)
+    # goes to disk here, off the supervisor's loop (issue 20: after a power cut no done
+    # job has a 0-byte recording beside its result).
+    os.fsync(fd)
     f = os.fdopen(fd, "rb")
     h = hashlib.sha256()
     while chunk := f.read(1 << 20):

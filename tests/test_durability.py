@@ -4,8 +4,9 @@ LazyFS is packaged nowhere, so the test watches the order of the daemon's system
 with strace (-y names each descriptor's file): every lease (``claim.json``) is fsynced
 before the rename that publishes it (after a cut the claimer of a job is known, and a
 dead one is recovered at once, not after lease_seconds), and the audio of a bare file
-that a writer never synced is fsynced before its job is renamed into done/ (after a cut
-no done job has a 0-byte recording beside a result that gives its sha256).
+that a writer never synced is fsynced (by its worker, off the loop, and again before
+the move) before its job is renamed into done/ (after a cut no done job has a 0-byte
+recording beside a result that gives its sha256).
 """
 
 from __future__ import annotations
