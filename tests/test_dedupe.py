@@ -33,7 +33,9 @@ def test_the_same_audio_again_finishes_at_once_with_a_copy(
     b = d.spool / "done" / again / "transcript.txt"
     assert a.read_text() == b.read_text()
     assert os.stat(a).st_ino != os.stat(b).st_ino and os.stat(b).st_nlink == 1
-    assert f"job={again} done: file=monday-again.wav deduplicated from {first}" in d.log()
+    # (the log line follows the result's rename by a moment)
+    wait_until(lambda: f"job={again} done: file=monday-again.wav deduplicated from {first}"
+               in d.log(), 10, "the deduplication's log line")
     # Other options, or other audio: transcribed.
     other = d.submit_bytes("monday.wav", TALK, "--beam-size", "2")
     assert d.wait_result(other)["deduplicated_from"] is None
