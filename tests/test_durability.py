@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,7 +44,9 @@ def test_leases_and_bare_audio_are_fsynced_before_they_count(
     bare.write_bytes(fake_script(text="copied without sync"))  # like cp: no fsync
     job = d.submit_bytes("submitted.wav", fake_script(text="submitted"))
     wait_until(lambda: len(d.results()) == 2, 30, "both jobs")
-    time.sleep(0.2)  # (strace writes its log as the calls return)
+    # strace writes each call as it returns: wait for the last move into done/.
+    wait_until(lambda: sum(1 for c in syscalls(trace) if c.startswith("rename")
+                           and "/done/" in c) >= 2, 10, "strace to log the moves")
     calls = syscalls(trace)
     d.kill_all()
     # Every lease published by rename was fsynced first.
