@@ -77,8 +77,10 @@ def test_detach_pidfile_log_reload_and_stop(tmp_path: Path, detached: list[int])
     job = d.submit_bytes("a.wav", fake_script(text="detached and working", sleep=0.2))
     res = d.wait_result(job)
     assert res["status"] == "done" and res["text"] == "detached and working"
+    # (the summary line follows the result's rename by a moment)
+    wait_until(lambda: f"job={job} done: file=a.wav" in logfile.read_text(), 10,
+               "the job's summary line")
     log = logfile.read_text()
-    assert f"job={job} done: file=a.wav" in log
     assert "cesard-worker" not in log or "Traceback" not in log
 
     # A second start with the same pidfile refuses at once, and says why.
