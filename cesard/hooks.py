@@ -272,7 +272,7 @@ class Hooks:
                 raise ValueError("another job's result")
             result["hooks"] = jh.entries
             write_atomic(jh.path, RESULT,
-                         (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode())
+                         jobmod.json_bytes(result, indent=2))
         except (OSError, ValueError, jobmod.JobError) as e:
             log.warning("job=%s the outcome of its hooks is not in result.json (%s): %s",
                         jh.job_id, path, getattr(e, "strerror", None) or e)

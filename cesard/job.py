@@ -118,7 +118,8 @@ def iso(t: dt.datetime | float) -> str:
     """UTC ISO 8601 with microseconds and a ``Z``."""
     if isinstance(t, (int, float)):
         t = dt.datetime.fromtimestamp(t, dt.UTC)
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    t = t.astimezone(dt.UTC)
+    return f"{t.year:04d}-" + t.strftime("%m-%dT%H:%M:%S.%fZ")  # (%Y: no zeros before 1000)
 
 
 def parse_iso(s: str) -> dt.datetime:
@@ -135,7 +136,13 @@ def is_utc_time(value: Any) -> bool:
         t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return False
-    return t.tzinfo is not None and 1 <= t.year <= 9999
+    if t.tzinfo is None:
+        return False
+    try:
+        t.astimezone(dt.UTC)  # within the years a datetime holds, in UTC too
+    except (OverflowError, ValueError):
+        return False
+    return True
 
 
 def _short(value: Any) -> str:
@@ -291,7 +298,7 @@ class JobMeta:
             "options": self.options, "attempts": self.attempts, "errors": self.errors,
             "not_before": self.not_before, "owner": self.owner,
         }
-        return (json.dumps(d, indent=2, ensure_ascii=False) + "\n").encode()
+        return json_bytes(d, indent=2)
 
     @classmethod
     def from_json(cls, data: bytes, where: str = "job.json") -> JobMeta:
@@ -314,11 +321,12 @@ class JobMeta:
         if not isinstance(job_id, str) or not valid_id(job_id):
             raise InvalidJob(f"{where}: 'id' must use only [A-Za-z0-9._-], got {job_id!r}")
         sub = d.get("submitted_at")
-        if not is_utc_time(sub):
+        if not isinstance(sub, str) or not is_utc_time(sub):
             raise InvalidJob(f"{where}: 'submitted_at' must be an ISO 8601 time with a time "
                              f"zone, such as '2026-11-24T03:15:01Z', got {_short(sub)}")
         not_before = d.get("not_before")
-        if not_before is not None and not is_utc_time(not_before):
+        if not_before is not None and (not isinstance(not_before, str)
+                                       or not is_utc_time(not_before)):
             raise InvalidJob(f"{where}: 'not_before' must be null or an ISO 8601 time with a "
                              f"time zone, got {_short(not_before)}")
         submitter = d.get("submitter", "")
@@ -340,8 +348,10 @@ class JobMeta:
         owner = d.get("owner")
         if owner is not None and (not isinstance(owner, int) or isinstance(owner, bool)):
             raise InvalidJob(f"{where}: 'owner' must be a uid")
-        return cls(id=job_id, options=opts, submitted_at=str(sub), submitter=submitter,
-                   source_name=src, attempts=attempts, errors=errors, not_before=not_before,
+        # Times are kept as UTC with a Z, whatever zone they were written in.
+        return cls(id=job_id, options=opts, submitted_at=iso(parse_iso(sub)),
+                   submitter=submitter, source_name=src, attempts=attempts, errors=errors,
+                   not_before=iso(parse_iso(not_before)) if not_before else None,
                    owner=owner)
 
 
@@ -360,6 +370,13 @@ def charged_attempts(meta: JobMeta) -> int:
 def interruption_limit(max_attempts: int) -> int:
     """Daemon stops a job may live through before it is taken for their cause."""
     return 5 * max_attempts
+
+
+def json_bytes(obj: Any, indent: int | None = None) -> bytes:
+    """JSON as UTF-8 bytes plus a newline; a lone surrogate (a member's job.json may hold
+    ``"\\udcff"``) is written as its ``\\u`` escape, never as bytes that are not UTF-8."""
+    return (json.dumps(obj, indent=indent, ensure_ascii=False) + "\n").encode(
+        "utf-8", "backslashreplace")
 
 
 def display_name(name: str) -> str:

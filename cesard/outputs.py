@@ -43,8 +43,8 @@ RENDER = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt, "json": to_json}
 
 def render_all(result: dict[str, Any], formats: list[str] | tuple[str, ...]) -> dict[str, bytes]:
     """File name → content for ``transcript.txt`` and each requested format."""
-    out = {"transcript.txt": to_txt(result).encode()}
+    out = {"transcript.txt": to_txt(result).encode("utf-8", "backslashreplace")}
     for fmt in formats:
         if fmt in ("srt", "vtt"):
-            out[f"transcript.{fmt}"] = RENDER[fmt](result).encode()
+            out[f"transcript.{fmt}"] = RENDER[fmt](result).encode("utf-8", "backslashreplace")
     return out

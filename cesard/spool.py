@@ -329,7 +329,7 @@ class Spool:
                 meta = dropped.read_meta(fd, name)
                 when = meta.submitted_at
                 p = meta.options.get("priority")
-                prio = p if p in PRIORITY_RANK else "normal"
+                prio = p if isinstance(p, str) and p in PRIORITY_RANK else "normal"
                 if st.st_uid == os.geteuid() and meta.owner is not None:
                     owner = meta.owner  # a job the daemon requeued: its job.json is its own
                 if meta.source_name:
@@ -418,7 +418,10 @@ class Spool:
         one its own user dropped) by renaming it into processing/: its job.json,
         owner included, is the daemon's own."""
         src = self.dir("incoming") / name
-        job_id = name if jobmod.valid_id(name) else jobmod.new_job_id()
+        # A job the daemon put back in incoming/ left every other state: its name there
+        # is free. A name a job still holds elsewhere gets a new id (never two results
+        # under one id).
+        job_id = self.free_id(name) or jobmod.new_job_id()
         for _ in range(100):
             dst = self.dir("processing") / job_id
             try:
@@ -631,7 +634,7 @@ class Spool:
         for name, data in outputs.items():
             write_atomic(job_dir, name, data, mode=0o640, durable=False)
         write_atomic(job_dir, RESULT,
-                     (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode(),
+                     jobmod.json_bytes(result, indent=2),
                      mode=0o640, durable=False)
         if not keep_audio and audio:
             (job_dir / audio).unlink(missing_ok=True)
