@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from helpers import Daemon, fake_script, wait_until
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cesard.spool import is_ignored_name
@@ -126,6 +126,17 @@ def publish(d: Daemon, entry: dict[str, Any], n: int) -> bytes:
           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                  HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(batch=st.lists(entries(), min_size=1, max_size=4))
+@example(batch=[  # what 300 random examples found (each set an entry aside or broke
+    # result.json's schema before it was fixed)
+    dict(name=b"prio-dict.wav", kind="dir", content=fake_script(text="x"), audio=b"a.wav",
+         reuse=False, meta=b'{"id": "x", "submitted_at": "2026-11-24T03:15:01.1+05:30", '
+         b'"options": {"priority": {"\\ud976": {}}}, "source_name": "a.wav"}'),
+    dict(name=b"year-one", kind="dir", content=fake_script(text="x"), audio=b"a.wav",
+         reuse=False, meta=b'{"id": "x", "submitted_at": "0001-01-01T00:00:00+00:00", '
+         b'"options": {"initial_prompt": "\\udcff"}, "source_name": "a.wav"}'),
+    dict(name=b"reused", kind="dir", content=fake_script(text="x"), audio=b"a.wav",
+         reuse=True, meta=b'{"id": "x", "submitted_at": "2026-11-24T03:15:01Z", '
+         b'"options": {}, "source_name": "a.wav"}')])
 def test_any_entry_ends_alone_and_the_daemon_stays_up(odd_daemon: Daemon,
                                                       batch: list[dict[str, Any]]) -> None:
     d = odd_daemon
