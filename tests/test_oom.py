@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Daemon, fake_script
+from helpers import Daemon, fake_script, wait_until
 
 from cesard.oom import CGROUP_ROOT
 
@@ -52,15 +52,16 @@ def small_cgroup() -> Iterator[Path]:
     try:
         yield cg
     finally:
-        for pid in (cg / "cgroup.procs").read_text().split():
-            try:
-                os.kill(int(pid), 9)
-            except ProcessLookupError:
-                pass
-        try:
-            cg.rmdir()
-        except OSError:
-            pass
+        def emptied() -> bool:
+            for pid in (cg / "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(pid), 9)
+                except ProcessLookupError:
+                    pass
+            return not (cg / "cgroup.procs").read_text().split()
+
+        wait_until(emptied, 10, "the test cgroup's processes to end")
+        cg.rmdir()
 
 
 def test_an_oom_killed_worker_is_said_to_be_memory(
