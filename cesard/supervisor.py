@@ -426,6 +426,7 @@ class Supervisor:
             self.index.pending.pop(gone, None)
         for gone in set(self.blocked) - names:
             del self.blocked[gone]
+        self.quarantine.forget("incoming", names)
         known = self.index.names()
         for name in names - known:
             self._index_name(name, now, settled=False)
@@ -439,6 +440,7 @@ class Supervisor:
             self.deferred[name] = now if due is None else self.clock.from_wall(due)
         for gone in set(self.deferred) - deferred:
             del self.deferred[gone]
+        self.quarantine.forget("deferred", deferred)
 
     def _on_events(self, now: float) -> None:
         if self.watcher is None:
