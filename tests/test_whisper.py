@@ -71,7 +71,7 @@ def test_unknown_model_is_refused_at_submit_and_fails_a_hand_written_job(
 
 def test_short_files_queued_together_are_decoded_in_one_batch(whisper_daemon: Daemon) -> None:
     """Cross-job batching with the real engine: three clips, one shared decoding pass
-    (encoder input trimmed to the speech), each its own transcript."""
+    (full windows, with timestamps), each its own transcript."""
     import signal
 
     whisper_daemon.signal(signal.SIGSTOP)
@@ -89,3 +89,26 @@ def test_short_files_queued_together_are_decoded_in_one_batch(whisper_daemon: Da
     assert "weather today is sunny" in weather["text"].lower()
     assert re.search(r"(1|one)\W+(2|two)\W+(3|three)", numbers["text"].lower())
     assert numbers["segments"][-1]["end"] <= numbers["duration"] + 0.5
+
+
+def test_batching_keeps_the_closing_words_of_real_speech(whisper_daemon: Daemon) -> None:
+    """A real recording that ends like a voicemail: a reading cut off mid-sentence, a
+    pause, then "seven of clubs" by another speaker (tests/fixtures/make_voicemail.py).
+    Decoded in one batch with another job, its closing phrase must be there, as the
+    unbatched path has it; faster-whisper's batched pipeline (and cesard's batching
+    before issue 21) ended the text at the pause."""
+    import signal
+
+    whisper_daemon.signal(signal.SIGSTOP)
+    try:
+        ids = [whisper_daemon.ctl("submit", str(FIXTURES / f)).stdout.strip()
+               for f in ("voicemail-tail.flac", "weather.wav")]
+    finally:
+        whisper_daemon.signal(signal.SIGCONT)
+    tail, weather = (whisper_daemon.wait_result(i, 120) for i in ids)
+    assert tail["status"] == "done" and tail["decoding"]["batch_jobs"] == 2, tail
+    w = words(tail["text"])
+    assert w[:3] == ["the", "first", "books"] and "satisfactorily" in w, tail["text"]
+    assert re.search(r"(seven|7) of clubs\W*$", tail["text"].lower()), tail["text"]
+    assert tail["segments"][-1]["end"] > 12.5, tail["segments"]  # in the file's time
+    assert "weather today is sunny" in weather["text"].lower()
