@@ -2,14 +2,14 @@
 
 The supervisor sends a worker up to ``batch_size`` queued jobs with the same
 text options at once (``{"op": "batch", ...}``, :mod:`cesard.worker`). The
-worker decodes each file, then :func:`decode_many` cuts every file into speech
-chunks (faster-whisper's VAD, at most 30 s each, as its batched pipeline does)
-and decodes the windows of all the jobs ``batch_size`` at a time.
+worker decodes each file, then :func:`decode_many` cuts every file as
+sequential decoding does (the speech faster-whisper's default VAD keeps, joined
+into one stream) and decodes the windows of all the jobs ``batch_size`` at a time.
 
 Each pass decodes the way sequential decoding does, only for many windows at
 once: a full 30-second window, with timestamps, the first within 1 s. A window
 whose text ends on a timestamp pair was cut short by the decoder; as in
-``WhisperModel.transcribe``, the chunk goes on at that timestamp in a later
+``WhisperModel.transcribe``, the file goes on at that timestamp in a later
 pass. faster-whisper's batched pipeline decodes each chunk once, without
 timestamps, and keeps what the decoder said before it stopped: on real speech
 that ends after a pause (a voicemail's closing phrase) the decoder often stops
@@ -17,7 +17,7 @@ at the pause, and the closing words were lost (bench/tails.py: 17 of 48 real
 clips; trimming the encoder's input to the speech, as cesard did before, made
 timestamps unreliable and was dropped).
 
-Chunks of different jobs only ever share a pass, never a window: each window is
+Jobs only ever share a pass, never a window: each window is
 its own row of the batch, so no job's words can land in another's transcript.
 A job's transcript is handed back as soon as its last window is decoded.
 
@@ -49,7 +49,7 @@ class Clip:
     options: JobOptions
     samples: Any
     duration: float
-    rec: dict[str, Any] = field(default_factory=dict)  # chunks, tokenizer, results
+    rec: dict[str, Any] = field(default_factory=dict)  # tokenizer, options, features, results
     info: Any = None
     segments: Any = None
 
@@ -64,10 +64,10 @@ def text_key(options: JobOptions) -> tuple[Any, ...]:
 
 
 def _collector(model: Any) -> Any:
-    """A BatchedInferencePipeline whose transcribe() prepares the chunks (VAD, features,
-    language, tokenizer, options) and stops there: the decoding is ours, across jobs.
-    The segments it returns are faster-whisper's own (timestamps restored to the
-    file's time) once ``rec["results"]`` is filled."""
+    """A BatchedInferencePipeline whose transcribe() detects the language and records
+    the tokenizer and options in ``rec``, and stops there: the decoding is ours, across
+    jobs. The segments it returns are faster-whisper's own, in the time of the audio it
+    was given, once ``rec["results"]`` is filled."""
     from faster_whisper import BatchedInferencePipeline
     from faster_whisper.transcribe import Segment
 
@@ -78,10 +78,7 @@ def _collector(model: Any) -> Any:
                                         chunks_metadata: Any, batch_size: int, options: Any,
                                         log_progress: bool) -> Iterator[Any]:
             rec = self.rec
-            if len(features) == 0:  # no speech (VAD kept nothing): one empty chunk, skipped
-                chunks_metadata = []
-            rec.update(features=features, tokenizer=tokenizer, meta=chunks_metadata,
-                       options=options, results=[None] * len(chunks_metadata))
+            rec.update(tokenizer=tokenizer, options=options)
 
             def segments() -> Iterator[Any]:
                 for n, result in enumerate(rec["results"]):
@@ -103,7 +100,7 @@ def decode_many(model: Any, clips: list[Clip], batch_size: int, common: dict[str
                 progress: Callable[[Clip, float], None],
                 repeats: Callable[[str], int], loop_repeats: int) -> Iterator[Outcome]:
     """Decode ``clips`` (same text options) in shared passes; yield each clip as soon as
-    its last chunk is decoded: (clip, segments, info), or (clip, None, None) when it
+    its last window is decoded: (clip, segments, info), or (clip, None, None) when it
     must be run alone (a shared pass failed, or its text loops)."""
     pipe = _collector(model)
     ready: list[Clip] = []
@@ -115,10 +112,9 @@ def decode_many(model: Any, clips: list[Clip], batch_size: int, common: dict[str
             yield clip, None, None
             continue
         ready.append(clip)
-    rows = [Row(c, k, 0) for c in ready for k in range(len(c.rec["meta"]))]
-    left = {c.id: len(c.rec["meta"]) for c in ready}
+    rows = [Row(c, 0) for c in ready if c.rec["content"]]
     for c in ready:
-        if not left[c.id]:
+        if not c.rec["content"]:
             yield _finished(c, repeats, loop_repeats)
     failed: set[str] = set()
     while rows:
@@ -142,15 +138,12 @@ def decode_many(model: Any, clips: list[Clip], batch_size: int, common: dict[str
             continue
         for r, output in zip(live, outputs, strict=True):
             seek = _advance(model, r, output)
-            if seek < r.content:
-                rows.append(Row(r.clip, r.k, seek))
-                continue
-            c = r.clip
-            left[c.id] -= 1
-            total = len(c.rec["meta"])
-            progress(c, (total - left[c.id]) / total)
-            if not left[c.id]:
-                yield _finished(c, repeats, loop_repeats)
+            content = r.clip.rec["content"]
+            progress(r.clip, min(seek, content) / content)
+            if seek < content:
+                rows.append(Row(r.clip, seek))
+            else:
+                yield _finished(r.clip, repeats, loop_repeats)
 
 
 def _prepare(pipe: Any, model: Any, clip: Clip, batch_size: int,
@@ -168,7 +161,7 @@ def _prepare(pipe: Any, model: Any, clip: Clip, batch_size: int,
     if speech == [] or len(samples) == 0:  # no speech at all: nothing to decode
         clip.segments, clip.info = pipe.transcribe(samples, batch_size=batch_size,
                                                    vad_filter=True, **common)
-        clip.rec.update(meta=[], results=[], features=[], content=[])
+        clip.rec.update(results=[], content=0)
         return
     stream = np.concatenate(collect_chunks(samples, speech)[0]) if speech else samples
     seconds = len(stream) / 16000
@@ -176,28 +169,22 @@ def _prepare(pipe: Any, model: Any, clip: Clip, batch_size: int,
         stream, batch_size=batch_size, vad_filter=False,
         clip_timestamps=[{"start": 0.0, "end": min(seconds, FULL_FRAMES / 100)}], **common)
     features = model.feature_extractor(stream)
-    clip.rec.update(meta=[{"offset": 0.0, "duration": seconds, "segments": []}],
-                    features=[features], content=[features.shape[-1] - 1], results=[[]])
+    clip.rec.update(features=features, content=features.shape[-1] - 1, results=[[]])
     clip.segments = (restore_speech_timestamps(segments, speech, 16000) if speech
                      else segments)
 
 
 @dataclass
 class Row:
-    """One window to decode: chunk ``k`` of a clip from ``seek`` frames into it."""
+    """One window to decode: a clip's stream from ``seek`` frames (100 a second) on."""
 
     clip: Clip
-    k: int
     seek: int
 
     @property
-    def content(self) -> int:
-        """The chunk's frames of audio (100 a second)."""
-        return int(self.clip.rec["content"][self.k])
-
-    @property
     def remaining(self) -> int:
-        return min(FULL_FRAMES, self.content - self.seek)
+        """The window's frames of audio: up to 30 s of what is left of the stream."""
+        return min(FULL_FRAMES, int(self.clip.rec["content"]) - self.seek)
 
 
 def _generate(model: Any, rows: list[Row]) -> list[dict[str, Any]]:
@@ -206,13 +193,11 @@ def _generate(model: Any, rows: list[Row]) -> list[dict[str, Any]]:
     each row's audio, then the zeros that pad a window to 30 s."""
     import numpy as np
 
-    frames = FULL_FRAMES
     first = rows[0].clip.rec
-    mels = first["features"][rows[0].k].shape[0]
-    features = np.zeros((len(rows), mels, frames), dtype=np.float32)
+    features = np.zeros((len(rows), first["features"].shape[0], FULL_FRAMES),
+                        dtype=np.float32)
     for i, r in enumerate(rows):
-        window = r.clip.rec["features"][r.k][:, r.seek:r.seek + r.remaining]
-        features[i, :, :window.shape[1]] = window
+        features[i, :, :r.remaining] = r.clip.rec["features"][:, r.seek:r.seek + r.remaining]
     tokenizer, options = first["tokenizer"], first["options"]
     previous = (tokenizer.encode(" " + options.initial_prompt.strip())
                 if options.initial_prompt else [])
@@ -238,14 +223,14 @@ def _generate(model: Any, rows: list[Row]) -> list[dict[str, Any]]:
 
 
 def _advance(model: Any, row: Row, output: dict[str, Any]) -> int:
-    """Keep a decoded window's segments (in the chunk's time) and say where the chunk
+    """Keep a decoded window's segments (in the stream's time) and say where the stream
     goes on: as sequential decoding does, a window whose text ends without a closing
     timestamp was cut, and decoding resumes at its last timestamp; one that ends with
     it, or that holds no speech, is done."""
     from faster_whisper.transcribe import get_compression_ratio
 
     rec = row.clip.rec
-    tokenizer, options, meta = rec["tokenizer"], rec["options"], rec["meta"][row.k]
+    tokenizer, options = rec["tokenizer"], rec["options"]
     size = row.remaining
     if (options.no_speech_threshold is not None
             and output["no_speech_prob"] > options.no_speech_threshold
@@ -254,17 +239,17 @@ def _advance(model: Any, row: Row, output: dict[str, Any]) -> int:
         return row.seek + size
     subsegments, seek, _single = model._split_segments_by_timestamps(
         tokenizer=tokenizer, tokens=output["tokens"],
-        time_offset=meta["offset"] + row.seek / 100, segment_size=size,
+        time_offset=row.seek / 100, segment_size=size,
         segment_duration=size / 100, seek=row.seek)
     for sub in subsegments:
         text = tokenizer.decode(sub["tokens"])
         if sub["start"] == sub["end"] or not text.strip():
             continue
-        rec["results"][row.k].append(dict(
+        rec["results"][0].append(dict(
             text=text, tokens=sub["tokens"], start=sub["start"], end=sub["end"],
             avg_logprob=output["avg_logprob"], no_speech_prob=output["no_speech_prob"],
             compression_ratio=get_compression_ratio(text),
-            seek=int(meta["offset"] * 100)))
+            seek=row.seek))
     return int(seek) if seek > row.seek else row.seek + size
 
 
