@@ -130,14 +130,15 @@ def decode_many(model: Any, clips: list[Clip], batch_size: int, common: dict[str
             continue
         try:
             outputs = _generate(model, live)
+            seeks = [_advance(model, r, output) for r, output in zip(live, outputs,
+                                                                      strict=True)]
         except Exception:  # noqa: BLE001 - each job of the pass is then run alone
             for r in live:
                 if r.clip.id not in failed:
                     failed.add(r.clip.id)
                     yield r.clip, None, None
             continue
-        for r, output in zip(live, outputs, strict=True):
-            seek = _advance(model, r, output)
+        for r, seek in zip(live, seeks, strict=True):
             content = r.clip.rec["content"]
             progress(r.clip, min(seek, content) / content)
             if seek < content:
