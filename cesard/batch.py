@@ -204,7 +204,7 @@ def _generate(model: Any, rows: list[Row]) -> list[dict[str, Any]]:
                 if options.initial_prompt else [])
     prompt = model.get_prompt(tokenizer, previous, without_timestamps=False,
                               hotwords=options.hotwords)
-    encoded = model.encode(np.ascontiguousarray(features))
+    encoded = _encode(model, features)
     results = model.model.generate(
         encoded, [list(prompt) for _ in rows], beam_size=options.beam_size,
         patience=options.patience, length_penalty=options.length_penalty,
@@ -221,6 +221,19 @@ def _generate(model: Any, rows: list[Row]) -> list[dict[str, Any]]:
         out.append({"tokens": tokens, "avg_logprob": score / (len(tokens) + 1),
                     "no_speech_prob": result.no_speech_prob})
     return out
+
+
+def _encode(model: Any, features: Any) -> Any:
+    """The encoder's output for a pass's windows. On a GPU, all at once; on the CPU one
+    window at a time, which is faster there (tiny.en int8, one thread: 0.33 s a window
+    alone, 0.53 s in a pass of 8), and joined for the shared decoding."""
+    import ctranslate2
+    import numpy as np
+
+    if model.model.device == "cuda" or len(features) == 1:
+        return model.encode(np.ascontiguousarray(features))
+    parts = [np.asarray(model.encode(np.ascontiguousarray(f[None]))) for f in features]
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.concatenate(parts)))
 
 
 def _advance(model: Any, row: Row, output: dict[str, Any]) -> int:

@@ -46,10 +46,13 @@ def busy(sup: Supervisor) -> list[WorkerProc]:
 
 
 def batch_jobs(sup: Supervisor) -> int:
-    """Jobs one batch may hold (0: cross-job batching is off)."""
+    """Jobs one batch may hold (0: cross-job batching is off). By default only on a GPU:
+    on the CPU the encoder's 30-second windows are most of the work and cost the same
+    batched, so batches only made the daemon slower there (bench/short.py --real:
+    0.83x the unbatched daemon on 2 cores); an explicit ``batch_size`` turns it on."""
     if sup.cfg.batch_max_seconds <= 0:
         return 0
-    return sup.cfg.batch_size or (16 if sup.placement.device == "cuda" else 8)
+    return sup.cfg.batch_size or (16 if sup.placement.device == "cuda" else 0)
 
 
 def batchable(sup: Supervisor, entry: Entry, job: Running) -> bool:

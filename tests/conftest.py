@@ -33,8 +33,9 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
 @pytest.fixture(scope="module")
 def whisper_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon per module with the real faster-whisper engine and bundled tiny.en."""
+    # batch_size: cross-job batching is off by default on the CPU; these tests check it.
     d = Daemon(tmp_path_factory.mktemp("whisper"), engine="faster-whisper", workers=1,
-               settle_seconds=0.5)
+               settle_seconds=0.5, batch_size=8)
     d.start(wait_ready=False)
     d.wait_ready(timeout=120)
     yield d
