@@ -227,7 +227,7 @@ def _encode(model: Any, features: Any) -> Any:
     """The encoder's output for a pass's windows. On a GPU, all at once; on the CPU one
     window at a time, which is faster there (tiny.en int8, one thread: 0.33 s a window
     alone, 0.53 s in a pass of 8), and joined for the shared decoding."""
-    import ctranslate2
+    import ctranslate2  # type: ignore[import-untyped]
     import numpy as np
 
     if model.model.device == "cuda" or len(features) == 1:
