@@ -560,7 +560,7 @@ class Bench:
         self.details["backlog"] = {"direct": direct, "daemon": daemon}
         small, big = sizes[0], sizes[-1]
         for n in sizes:
-            self.row("backlog", f"in-process claim (QueueIndex.pop + Supervisor._claim), {n:,} "
+            self.row("backlog", f"in-process claim (QueueIndex.pop + Lifecycle.claim), {n:,} "
                      "queued", f"p50 {direct[n]['p50_ms']:.3f} ms, mean {direct[n]['mean_ms']:.3f} "
                      f"ms; index build {direct[n]['index_build_s']:.2f} s; Supervisor.status() "
                      f"{direct[n]['status_snapshot_ms']:.2f} ms")
@@ -940,8 +940,8 @@ def _write_rename(d: Path, name: str, data: bytes, fsync: bool) -> None:
 def direct_claims(spool: Path, k: int) -> dict[str, float]:
     """The supervisor's own claim path, in this process, without the event loop.
 
-    Index build = Supervisor.rescan (list incoming/, entry_key of each entry).
-    One claim = QueueIndex.pop() + Supervisor._claim() (Spool.claim's rename,
+    Index build = Intake.rescan (list incoming/, entry_key of each entry).
+    One claim = QueueIndex.pop() + Lifecycle.claim() (Spool.claim's rename,
     lease and fsync of processing/, then _prepare: read job.json, find the audio).
     """
     import logging
@@ -954,15 +954,15 @@ def direct_claims(spool: Path, k: int) -> dict[str, float]:
     sup = Supervisor(cfg, Spool(spool))
     now = time.time()
     t = time.perf_counter()
-    sup.rescan(now)
+    sup.intake.rescan(now)
     build = time.perf_counter() - t
     per = []
     warm = 5  # the first claims pay for imports and cold caches
     for _ in range(k):
         t = time.perf_counter()
-        entry = sup.index.pop()
+        entry = sup.intake.index.pop()
         assert entry is not None
-        job = sup._claim(entry, now)
+        job = sup.jobs.claim(entry, now)
         per.append(time.perf_counter() - t)
         assert job is not None
     per = per[warm:]
@@ -972,7 +972,7 @@ def direct_claims(spool: Path, k: int) -> dict[str, float]:
     status_ms = (time.perf_counter() - t) / 20 * 1000
     return {"claims": len(per), "p50_ms": pctl(per, 50) * 1000, "p90_ms": pctl(per, 90) * 1000,
             "mean_ms": statistics.mean(per) * 1000, "index_build_s": build,
-            "status_snapshot_ms": status_ms, "queued": len(sup.index) + k}
+            "status_snapshot_ms": status_ms, "queued": len(sup.intake.index) + k}
 
 
 METHODS = """

@@ -37,7 +37,8 @@ import yaml  # noqa: E402
 
 from cesard import job as jobmod  # noqa: E402
 from cesard.index import QueueIndex  # noqa: E402
-from cesard.spool import Claimer, Spool  # noqa: E402
+from cesard.lease import Claimer  # noqa: E402
+from cesard.spool import Spool  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SLEEPER = b"#cesard-fake\nsleep: 3600\n"
@@ -129,6 +130,7 @@ def main() -> int:
                                         "queue_capacity": 10 * a.queued + 1000}))
         log = tmp / "cesard.log"
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "CESAR_SPOOL")}
+        env["CESARD_TEST_FAKE_ENGINE"] = "1"  # the fake engine, refused on a shared spool
         t0 = time.monotonic()
         with open(log, "ab") as out:
             proc = subprocess.Popen([str(BIN / "cesard"), "--config", str(conf), "--spool",

@@ -33,7 +33,8 @@ from typing import Any
 
 from cesard import fsops
 from cesard import job as jobmod
-from cesard.spool import Spool, is_ignored_name, read_small
+from cesard.entries import is_ignored_name
+from cesard.spool import Spool, read_small
 
 log = logging.getLogger("cesard")
 

@@ -13,22 +13,21 @@ logged and answered: it never stops the daemon.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import stat
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cesard import job as jobmod
 from cesard import privacy
+from cesard.dispatch import Dispatcher
 from cesard.fsops import write_atomic
-from cesard.job import JobMeta, JobOptions
-from cesard.spool import Unclaimable
-
-if TYPE_CHECKING:
-    from cesard.supervisor import Supervisor
+from cesard.lifecycle import Lifecycle
+from cesard.pool import Pool
+from cesard.settings import Settings
+from cesard.spool import Spool, Unclaimable
 
 log = logging.getLogger("cesard")
 
@@ -82,13 +81,19 @@ def read_request(path: Any) -> tuple[dict[str, Any], int]:
 
 
 class Control:
-    """Carries out control requests for one :class:`Supervisor`."""
+    """Carries out control requests: verbs scan and handle. The moves they ask for are
+    the lifecycle's; a running job's worker is the pool's."""
 
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
+    def __init__(self, spool: Spool, settings: Settings, jobs: Lifecycle, pool: Pool,
+                 dispatcher: Dispatcher) -> None:
+        self.spool = spool
+        self.settings = settings
+        self.jobs = jobs
+        self.pool = pool
+        self.dispatcher = dispatcher
 
     def scan(self, now: float) -> None:
-        for name in list(self.sup.spool.scan("control")):
+        for name in list(self.spool.scan("control")):
             if name.startswith(REPLY_PREFIX):
                 self._expire_reply(name, now)
             else:
@@ -97,7 +102,7 @@ class Control:
     def handle(self, name: str, now: float) -> None:
         if name.startswith("."):
             return
-        spool = self.sup.spool
+        spool = self.spool
         path = spool.dir("control") / name
         shown = jobmod.display_name(name)
         sender: int | None = None
@@ -133,7 +138,7 @@ class Control:
     # --- answers ------------------------------------------------------------------------
 
     def _reply(self, name: str, sender: int, data: dict[str, Any]) -> None:
-        spool = self.sup.spool
+        spool = self.spool
         rname = reply_name(name)
         try:
             write_atomic(spool.dir("control"), rname, json.dumps(data).encode(), mode=0o640,
@@ -144,7 +149,7 @@ class Control:
             log.warning("cannot answer control request %s: %s", jobmod.display_name(name), e)
 
     def _expire_reply(self, name: str, now: float) -> None:
-        path = self.sup.spool.dir("control") / name
+        path = self.spool.dir("control") / name
         try:
             if time.time() - os.lstat(path).st_mtime > REPLY_TTL_S:  # (file times: wall)
                 path.unlink()
@@ -155,10 +160,10 @@ class Control:
 
     def _authorize(self, job_id: str, owner: int | None, sender: int, action: str) -> None:
         try:
-            admin_gid = privacy.group_id(self.sup.cfg.admin_group)
+            admin_gid = privacy.group_id(self.settings.cfg.admin_group)
         except privacy.PrivacyError:
             admin_gid = None
-        if self.sup.cfg.privacy == "group" and owner is not None:
+        if self.settings.cfg.privacy == "group" and owner is not None:
             return  # every member may act on every job
         if not privacy.may_act_on(sender, owner, admin_gid):
             raise self._none_to(job_id, action)
@@ -180,19 +185,19 @@ class Control:
                 return e
             return Refused(message)
         try:
-            admin_gid = privacy.group_id(self.sup.cfg.admin_group)
+            admin_gid = privacy.group_id(self.settings.cfg.admin_group)
         except privacy.PrivacyError:
             admin_gid = None
-        if self.sup.cfg.privacy == "group" or privacy.may_act_on(sender, None, admin_gid):
+        if self.settings.cfg.privacy == "group" or privacy.may_act_on(sender, None, admin_gid):
             return Refused(message)
         return self._none_to(job_id, action)
 
     def _owner_on_disk(self, state: str, job_id: str) -> int | None:
-        path = self.sup.spool.dir(state) / job_id
+        path = self.spool.dir(state) / job_id
         st = os.lstat(path)
         if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
             try:
-                owner = self.sup.spool.read_meta(path).owner
+                owner = self.spool.read_meta(path).owner
                 return st.st_uid if owner is None else owner
             except jobmod.JobError:
                 pass
@@ -201,25 +206,24 @@ class Control:
     # --- cancel -----------------------------------------------------------------------
 
     def _cancel(self, job_id: str, sender: int, now: float) -> str:
-        sup = self.sup
-        for w in sup.workers:
-            if job_id in w.jobs:
-                job = w.jobs[job_id]
-                self._authorize(job_id, job.meta.owner, sender, "cancel")
-                del w.jobs[job_id]
-                if not w.jobs:
-                    sup._kill_worker(w)  # it was the worker's only job: stop the work now
-                # else its batch goes on for the others; what the worker still says of
-                # this job is ignored
-                sup._finish(job, "cancelled", None, None,
-                            jobmod.Cancelled("cancelled by request while running"), now)
-                return "cancelled while running"
-        if sup.held is not None and sup.held.id == job_id:
-            job = sup.held
+        w = self.pool.holding(job_id)
+        if w is not None:
+            job = w.jobs[job_id]
             self._authorize(job_id, job.meta.owner, sender, "cancel")
-            sup.held = None
-            sup._finish(job, "cancelled", None, None,
-                        jobmod.Cancelled("cancelled by request while waiting"), now)
+            del w.jobs[job_id]
+            if not w.jobs:
+                self.pool.kill(w)  # it was the worker's only job: stop the work now
+            # else its batch goes on for the others; what the worker still says of
+            # this job is ignored
+            self.jobs.finish(job, "cancelled", None, None,
+                             jobmod.Cancelled("cancelled by request while running"), now)
+            return "cancelled while running"
+        held = self.dispatcher.held
+        if held is not None and held.id == job_id:
+            self._authorize(job_id, held.meta.owner, sender, "cancel")
+            self.dispatcher.cancel_held(job_id)
+            self.jobs.finish(held, "cancelled", None, None,
+                             jobmod.Cancelled("cancelled by request while waiting"), now)
             return "cancelled while waiting"
         for state in ("incoming", "deferred"):
             try:
@@ -227,54 +231,19 @@ class Control:
             except FileNotFoundError:
                 continue
             self._authorize(job_id, owner, sender, "cancel")
-            if self._cancel_queued(state, job_id, now):
-                return f"cancelled while {state}"
+            try:
+                if self.jobs.cancel_queued(state, job_id, now):
+                    return f"cancelled while {state}"
+            except Unclaimable as e:
+                raise Refused(str(e)) from e
         raise self._unknown(job_id, sender, "cancel",
                             f"job {job_id} is not queued or running (finished already, or "
                             "unknown)")
 
-    def _cancel_queued(self, state: str, job_id: str, now: float) -> bool:
-        """Take a queued or deferred job and finish it as cancelled; False if it moved."""
-        sup = self.sup
-        if state == "incoming":
-            entry = sup.spool.entry_key(job_id)
-            if entry is None:
-                return False
-            try:
-                claimed = sup.spool.claim(entry, sup.me, now)
-            except Unclaimable as e:
-                raise Refused(str(e)) from e
-            if claimed is None:
-                return False
-            path, meta = claimed.path, claimed.meta
-            job_id = claimed.id
-        else:
-            path = sup.spool.dir("processing") / job_id
-            try:
-                os.rename(sup.spool.dir(state) / job_id, path)
-            except OSError as e:
-                if e.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY):
-                    return False
-                raise
-            sup.spool.take_lease(path, sup.me, now)  # finishing is fenced on our claim
-            try:
-                meta = sup.spool.read_meta(path)
-            except jobmod.JobError:
-                meta = JobMeta(id=job_id, options={},
-                               submitted_at=jobmod.iso(self.sup.clock.shown(now)))
-        sup.index.discard(job_id)
-        sup.deferred.pop(job_id, None)
-        from cesard.supervisor import Running
-        job = Running(job_id, path, meta, JobOptions(), "", 0, "", now, now)
-        sup._finish(job, "cancelled", None, None,
-                    jobmod.Cancelled(f"cancelled by request while {state}"), now)
-        return True
-
     # --- retry --------------------------------------------------------------------------
 
     def _retry(self, job_id: str, sender: int, now: float) -> str:
-        sup = self.sup
-        src = sup.spool.dir("failed") / job_id
+        src = self.spool.dir("failed") / job_id
         try:
             owner = self._owner_on_disk("failed", job_id)
         except FileNotFoundError:
@@ -284,21 +253,11 @@ class Control:
         if not src.is_dir() or src.is_symlink():
             raise Refused(f"failed/{job_id} is not a job directory")
         self._authorize(job_id, owner, sender, "retry")
-        dst = sup.spool.dir("processing") / job_id
         try:
-            os.rename(src, dst)
+            self.jobs.retry_failed(job_id, now)
         except OSError as e:
             raise Refused(f"cannot take failed/{job_id}: {e.strerror}") from e
-        sup.on_disk["failed"] = max(0, sup.on_disk["failed"] - 1)
-        meta: JobMeta | None
-        try:
-            meta = sup.spool.read_meta(dst)
-            meta.attempts, meta.errors, meta.not_before = 0, [], None
-        except jobmod.JobError:
-            meta = None
-        sup.spool.requeue(job_id, meta)
         log.info("job=%s queued again by request of %s", job_id, jobmod.user_name(sender))
-        sup._index_name(job_id, now, settled=True)
         return "queued again"
 
 

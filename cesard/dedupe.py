@@ -24,16 +24,12 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cesard import checkpoint, privacy
+from cesard import checkpoint
 from cesard import job as jobmod
 from cesard.fsops import file_sha256
 from cesard.spool import RESULT, Spool, read_small
-
-if TYPE_CHECKING:
-    from cesard.pool import WorkerProc
-    from cesard.supervisor import Running, Supervisor
 
 log = logging.getLogger("cesard")
 
@@ -138,48 +134,3 @@ class Dedupe:
             if isinstance(prior, dict) and result_key(prior) == key:
                 return Match(source, prior)
         return Match(source, None)
-
-
-# --- in the supervisor's loop --------------------------------------------------------
-
-def start(sup: Supervisor, dd: Dedupe, w: WorkerProc, jobs: list[Running],
-          batched: bool = False) -> None:
-    """Look the jobs' audio up on the dedupe thread; ``w`` stays reserved for them
-    meanwhile and gets those nothing matched (:func:`collect`)."""
-    w.batched = batched  # remembered for collect; send() sets it again
-    for job in jobs:
-        w.jobs[job.id] = job
-        owner = job.meta.owner
-        sees_all = privacy.sees_all(owner, sup.cfg.privacy, sup.cfg.admin_group)
-        job.hashing = dd.check(job.path / job.audio, job.options, owner, sees_all)
-        job.hashing.add_done_callback(lambda _f: sup.wake())
-
-
-def collect(sup: Supervisor, now: float) -> None:
-    """Finish the jobs whose lookup found a result; send the others to their worker,
-    once every lookup of that worker's jobs is done."""
-    from cesard import dispatch
-
-    for w in list(sup.workers):
-        looked = [j for j in w.jobs.values() if j.hashing is not None]
-        if not looked or not all(j.hashing is not None and j.hashing.done() for j in looked):
-            continue
-        batched, w.jobs = w.batched, {}
-        rest = []
-        for job in looked:
-            future, job.hashing = job.hashing, None
-            assert future is not None
-            try:
-                match = future.result()
-            except Exception:  # noqa: BLE001 - a lookup bug (or dedupe off) transcribes
-                log.exception("job=%s dedupe lookup failed; transcribing it", job.id)
-                match = Match(None, None)
-            if match.prior is not None and match.source is not None:
-                sup._finish(job, "done", match.source, transcript_of(match.prior), None, now,
-                            deduplicated_from=str(match.prior["id"]))
-            elif sup.stopping:
-                sup._requeue(job, "shutting down")
-            else:
-                rest.append(job)
-        if rest:
-            dispatch.send(sup, w, rest, now, batched)

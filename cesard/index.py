@@ -15,7 +15,7 @@ import heapq
 from collections import Counter
 from dataclasses import dataclass
 
-from cesard.spool import Entry
+from cesard.entries import Entry
 
 
 @dataclass

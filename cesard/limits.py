@@ -12,8 +12,8 @@ from pathlib import Path
 
 from cesard import config as configmod
 from cesard import job as jobmod
+from cesard.entries import Entry
 from cesard.index import QueueIndex
-from cesard.spool import Entry
 
 
 def over_limit(cfg: configmod.Config, index: QueueIndex, incoming: Path,

@@ -1,4 +1,6 @@
-"""The worker pool's pieces: one worker process, how it is started, where it runs.
+"""The worker pool: the worker processes, how they are started, where they run, and
+what they say. It knows which jobs each worker holds, never what becomes of them:
+what a worker said goes to :mod:`cesard.replies`, which has the lifecycle decide.
 
 A worker is ``python -m cesard.worker`` with its device, models and limits on
 the command line (see :mod:`cesard.worker` for the protocol). On CUDA each
@@ -9,18 +11,21 @@ worker sees only its own GPU; the n-th worker gets the n-th configured GPU
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cesard import config as configmod
 from cesard import devices
+from cesard.running import Running
+from cesard.settings import Settings
 
-if TYPE_CHECKING:
-    from cesard.supervisor import Running
+log = logging.getLogger("cesard")
 
 
 class StartupError(Exception):
@@ -109,3 +114,129 @@ def spawn(cfg: configmod.Config, placement: devices.Placement, device: str,
     os.close(w)
     os.set_blocking(r, False)
     return WorkerProc(proc, r, generation, time.time(), device)
+
+
+class Pool:
+    """The worker processes. Verbs: start and stop them, say which are idle, read what
+    they wrote."""
+
+    def __init__(self, settings: Settings, placement: devices.Placement) -> None:
+        self.settings = settings
+        self.placement = placement
+        self.workers: list[WorkerProc] = []
+        self.generation = 0  # a reload that changes workers' settings starts the next
+        self.spawn_backoff = 0.0
+
+    def spawn(self) -> WorkerProc:
+        wp = spawn(self.settings.cfg, self.placement,
+                   free_device(self.workers, self.placement), self.generation)
+        self.workers.append(wp)
+        log.debug("worker %d started on %s", wp.pid, wp.device)
+        return wp
+
+    def start(self) -> None:
+        for _ in range(worker_count(self.settings.cfg, self.placement)):
+            self.spawn()
+
+    def close(self, w: WorkerProc) -> None:
+        """Ask a worker to exit when it is idle (EOF on its stdin)."""
+        if w.proc.stdin and not w.proc.stdin.closed:
+            try:
+                w.proc.stdin.close()
+            except OSError:
+                pass
+
+    def kill(self, w: WorkerProc) -> None:
+        try:
+            w.proc.kill()
+        except ProcessLookupError:
+            pass
+        w.proc.wait()
+        self.reap(w)
+
+    def reap(self, w: WorkerProc) -> None:
+        if w in self.workers:
+            self.workers.remove(w)
+        os.close(w.reply_fd)
+        self.close(w)
+
+    def renew(self) -> None:
+        """Workers of the settings in force from now: the others retire when idle."""
+        self.generation += 1
+
+    def ready(self, w: WorkerProc) -> None:
+        w.ready = True
+        self.spawn_backoff = 0.0
+
+    def keep(self, now: float, stopping: bool, started: bool) -> None:
+        """Replace workers that exited; retire idle ones of an old generation."""
+        for w in list(self.workers):
+            if w.generation != self.generation and not w.jobs and not w.retiring:
+                w.retiring = True
+                self.close(w)
+        if stopping or now < self.spawn_backoff:
+            return
+        live = [w for w in self.workers if not w.retiring]
+        wanted = worker_count(self.settings.cfg, self.placement)
+        if len(live) < wanted:
+            for _ in range(wanted - len(live)):
+                self.spawn()
+            if started:
+                self.spawn_backoff = now + 1.0  # back off if workers keep dying early
+
+    def all_ready(self) -> bool:
+        return bool(self.workers) and all(w.ready for w in self.workers)
+
+    def idle(self) -> list[WorkerProc]:
+        return [w for w in self.workers if w.ready and not w.jobs and not w.retiring
+                and w.generation == self.generation]
+
+    def busy(self) -> list[WorkerProc]:
+        return [w for w in self.workers if w.jobs]
+
+    def running(self) -> Iterator[tuple[WorkerProc, Running]]:
+        for w in list(self.workers):
+            for job in list(w.jobs.values()):
+                yield w, job
+
+    def holding(self, job_id: str) -> WorkerProc | None:
+        return next((w for w in self.workers if job_id in w.jobs), None)
+
+    def fds(self) -> list[int]:
+        return [w.reply_fd for w in self.workers]
+
+    def read(self, w: WorkerProc) -> tuple[list[dict[str, Any] | None], bool]:
+        """The complete replies ``w`` wrote (None for a malformed one), and whether it
+        is gone (EOF)."""
+        gone = False
+        while True:
+            try:
+                chunk = os.read(w.reply_fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                gone = True
+                break
+            w.buf += chunk
+        out: list[dict[str, Any] | None] = []
+        while b"\n" in w.buf:
+            line, _, rest = bytes(w.buf).partition(b"\n")
+            w.buf = bytearray(rest)
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                msg = None
+            out.append(msg if isinstance(msg, dict) else None)
+        return out, gone
+
+    def stop_all(self) -> None:
+        """Close every worker, wait for it (kill it after 5 s) and reap it."""
+        for w in list(self.workers):
+            self.close(w)
+        for w in list(self.workers):
+            try:
+                w.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            self.reap(w)

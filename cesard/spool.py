@@ -1,59 +1,10 @@
-"""The spool protocol. The directory is the state; this docstring is the protocol.
+"""The spool protocol: the layout, the order, and every move between states (claim,
+finish, requeue, defer, recover), each one rename, durable before it is visible. The
+protocol is written down in docs/spool.md ("The moves, step by step" names the
+methods here); this module is its code.
 
-Layout (all one filesystem)::
-
-    SPOOL/tmp/         writers build entries here, then publish with one rename
-    SPOOL/incoming/    queued jobs: ID/ (job dir) or NAME.EXT (bare audio file)
-    SPOOL/processing/  claimed jobs: ID/ with claim.json (the lease)
-    SPOOL/deferred/    jobs waiting for a retry; job.json 'not_before' says when
-    SPOOL/done/        finished jobs: audio, job.json, result.json, transcript.*
-    SPOOL/failed/      failed, cancelled or rejected jobs, same shape as done/
-    SPOOL/control/     requests (ACTION.ID.TOKEN.json) dropped like jobs
-    SPOOL/state/       status.json and metrics, written atomically
-
-Rules:
-
-* Publish: a file is written under a temporary name, fsynced, renamed into
-  place, and its directory fsynced (:func:`write_atomic`). A job directory is
-  built completely in ``tmp/`` and published into ``incoming/`` by one rename
-  (:func:`submit`). Nothing published is rewritten in place: ``job.json`` is
-  replaced by rename.
-* Order (:func:`entry_key`): priority (high, normal, low), then the submission
-  time from ``job.json`` (bare files: their mtime), then the name.
-* Claim (:func:`claim`): ``rename(incoming/ID, processing/ID)``. A bare file is
-  claimed by ``mkdir processing/ID`` + lease, then ``rename(incoming/NAME,
-  processing/ID/NAME)``, then ``job.json`` is written. ``rename`` is atomic, so
-  among racing claimers exactly one wins; losers get ENOENT and move on (and
-  remove their empty directory). A bare file is only taken once settled: after
-  inotify reported IN_CLOSE_WRITE/IN_MOVED_TO for it, or when a scan saw the
-  same size and mtime for ``settle_seconds``. Names starting with ``.`` or
-  ending in ``.part .tmp .partial ~`` are never taken.
-* Lease: ``processing/ID/claim.json`` names the claimer (host, boot id, pid,
-  the pid's start time, a per-start token) and a heartbeat time, refreshed
-  while the job runs. A claim is orphaned when its claimer is provably gone
-  (same host and boot, pid dead or reused; or same host, other boot) or its
-  lease has stayed the same for ``lease_seconds`` as the recoverer watched it,
-  on the recoverer's own clock (never another host's clock). An
-  entry with no lease yet counts the same way, from when it was first seen.
-* Recovery (:func:`recover`, at start-up and then periodically for leases of
-  other hosts): an orphaned entry is first stolen by renaming it to
-  ``processing/ID~rTOKEN`` (exactly one recoverer wins), then ``attempts`` is
-  raised by one (its error marked ``interrupted``: a daemon's stop is not the job's
-  fault and is not counted against ``max_attempts``) and it is renamed back to
-  ``incoming/ID`` (keeping its submission time, so its place) or, after 5 x
-  ``max_attempts`` such stops (a job that may itself stop the daemon), to ``failed/ID``.
-* Finish (:func:`finish`): outputs are written into ``processing/ID``, the
-  lease removed, then ``rename(processing/ID, done|failed/ID)``.
-* Requeue on shutdown (:func:`requeue`): ``rename(processing/ID,
-  incoming/ID)`` without counting an attempt. Defer (:func:`defer`):
-  ``job.json`` gets ``not_before``, then ``rename(processing/ID,
-  deferred/ID)``; :func:`undefer` renames it back when due.
-* Hostile entries (symlinks, FIFOs, devices, sockets, empty or oversized
-  files, bad ``job.json``) are claimed like any other entry (rename never
-  follows or opens them) and finished into ``failed/`` with an error. Nothing
-  here opens a file without ``O_NOFOLLOW | O_NONBLOCK`` and an ``fstat`` check.
-
-This module imports nothing of cesard but :mod:`cesard.job` and :mod:`cesard.privacy`.
+Leases are :mod:`cesard.lease`; an entry's order key is :mod:`cesard.entries`; what
+was dropped is read by :mod:`cesard.dropped`.
 """
 
 from __future__ import annotations
@@ -62,34 +13,34 @@ import errno
 import json
 import os
 import secrets
-import shutil
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cesard import dropped, fsops
+from cesard import adoption, dropped, fsops
 from cesard import job as jobmod
+from cesard.adoption import Claimed
+from cesard.entries import Entry, entry_of
 from cesard.fsops import fsync_dir, write_atomic
 from cesard.job import JobMeta
+from cesard.lease import Claimer, lease_orphaned
 from cesard.privacy import Guard
 
 STATES = ("incoming", "processing", "deferred", "done", "failed")
 DIRS = ("tmp", *STATES, "control", "state")
-IGNORED_SUFFIXES = (".part", ".tmp", ".partial", "~")
 LEASE, META, RESULT = dropped.LEASE, dropped.META, dropped.RESULT
 SUBMISSION, SEGMENTS, CHECKPOINT = dropped.SUBMISSION, dropped.SEGMENTS, dropped.CHECKPOINT
 RESERVED = dropped.RESERVED
 # A job that gave up in recovery: its audio is hashed for result.json up to this size.
 RECOVERY_HASH_BYTES = 16 << 20
-PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
 # The storage went away (a network filesystem's server restarting, a partition) or
 # turned read-only (an ext4 error with errors=remount-ro, a remount): the daemon pauses,
-# keeps every job and result, and retries, as for a full disk (Supervisor.step).
+# keeps every job and result, and retries, as for a full disk (cesard.health). EBADFD:
+# a GlusterFS mount answers so for a file opened before its brick restarted.
 STORAGE_ERRNOS = (errno.ENOTCONN, errno.EIO, errno.ESTALE, errno.EHOSTDOWN,
                   errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.ECONNABORTED, errno.ECONNRESET,
-                  errno.EROFS)
+                  errno.EROFS, errno.EBADFD)
 
 
 class SpoolError(Exception):
@@ -111,116 +62,7 @@ def read_small(path: Path, limit: int, dir_fd: int | None = None) -> bytes:
         raise jobmod.InvalidJob(str(e)) from None
 
 
-def is_ignored_name(name: str) -> bool:
-    """Names a writer is still working on: never taken from incoming/."""
-    return name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
-
-
-# --- leases -------------------------------------------------------------------
-
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-def pid_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    # The command name may hold spaces and parens: split after the last ')'.
-    fields = data[data.rfind(b")") + 2:].split()
-    return int(fields[19])
-
-
-@dataclass(frozen=True)
-class Claimer:
-    """Who holds a claim: one daemon start on one host."""
-
-    host: str
-    boot_id: str
-    pid: int
-    pid_start: int | None
-    token: str
-
-    @classmethod
-    def me(cls) -> Claimer:
-        pid = os.getpid()
-        return cls(jobmod.hostname(), boot_id(), pid, pid_start(pid), secrets.token_hex(6))
-
-    @property
-    def worker_name(self) -> str:
-        return f"{self.host}:{self.pid}"
-
-    def lease(self, now: float) -> bytes:
-        d = {"host": self.host, "boot_id": self.boot_id, "pid": self.pid,
-             "pid_start": self.pid_start, "token": self.token, "heartbeat": now}
-        return json.dumps(d).encode()
-
-
-def lease_orphaned(lease: dict[str, Any] | None, unchanged_for: float, me: Claimer,
-                   lease_seconds: float) -> bool:
-    """True when the claim's holder is gone (see the module docstring). ``unchanged_for``:
-    how long this daemon has seen the lease (or the leaseless entry) stay exactly as it
-    is, on its own clock: no other host's clock is ever compared with ours."""
-    if lease is None:
-        return unchanged_for > lease_seconds
-    if lease.get("token") == me.token:
-        return False
-    if lease.get("host") == me.host:
-        if lease.get("boot_id") != me.boot_id:
-            return True
-        pid = lease.get("pid")
-        if not isinstance(pid, int):
-            return True
-        if pid == me.pid:
-            return True  # an earlier start of this daemon, same pid reused
-        return pid_start(pid) != lease.get("pid_start")
-    return unchanged_for > lease_seconds
-
-
 # --- the spool ----------------------------------------------------------------
-
-def batch_group(options: Any) -> str | None:
-    """The options a job must share with others to be decoded with them (as written in its
-    job.json; a bare file has none), or None when it is never batched (exclusive, word
-    timestamps, or options that are not a mapping)."""
-    if not isinstance(options, dict):
-        return None
-    if options.get("exclusive") or options.get("word_timestamps"):
-        return None
-    return json.dumps([options.get(k) for k in ("model", "language", "task", "beam_size",
-                                                "vad_filter", "initial_prompt")])
-
-
-NO_OPTIONS = batch_group({})  # a bare file's: the configured defaults
-
-
-@dataclass(frozen=True)
-class Entry:
-    """An entry of incoming/ as the queue sees it."""
-
-    name: str
-    is_dir: bool
-    key: tuple[int, str, str]
-    owner: int = 0  # uid: fair share and per-owner limits go by it
-    size: int = 0  # bytes of its audio (per-owner byte limit)
-    group: str | None = ""  # the options that must match to batch it with others; None: never
-
-
-@dataclass
-class Claimed:
-    """A claimed job: its directory in processing/ and what it holds."""
-
-    id: str
-    path: Path
-    meta: JobMeta
-    bare: bool
-    error: jobmod.JobError | None = None  # what was dropped cannot run (fails the job)
-
 
 class Spool:
     """A spool directory. All methods take and return names, never client paths."""
@@ -259,87 +101,11 @@ class Spool:
                 raise SpoolError(f"spool {self.root}: {p} is missing; run 'cesard --init "
                                  f"--spool {self.root}' or start the daemon once to create it")
 
-    # --- writers ------------------------------------------------------------
-
-    def submit(self, audio: Path, options: dict[str, Any], submitter: str,
-               name: str | None = None) -> str:
-        """Publish a job directory for ``audio``; return its id.
-
-        The directory is built in tmp/, every file fsynced, then renamed into
-        incoming/ in one step: readers never see a half-built job.
-        """
-        job_id = jobmod.new_job_id()
-        name = jobmod.safe_name(name or audio.name)
-        if is_ignored_name(name) or name in RESERVED:
-            name = "audio" + (Path(name).suffix if Path(name).suffix.isascii() else "")
-        build = self.dir("tmp") / job_id
-        build.mkdir(mode=0o770)
-        os.chmod(build, 0o2770 if self.dir("tmp").stat().st_mode & stat.S_ISGID else 0o770)
-        try:
-            with open(audio, "rb") as src, open(build / name, "xb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.chmod(build / name, 0o660)
-            meta = JobMeta(id=job_id, options=options, submitted_at=jobmod.iso(jobmod.utcnow()),
-                           submitter=submitter, source_name=name)
-            write_atomic(build, META, meta.to_json())
-            os.rename(build, self.dir("incoming") / job_id)
-        except BaseException:
-            fsops.remove_tree(build)
-            raise
-        fsync_dir(self.dir("incoming"))
-        return job_id
-
-    def request(self, action: str, job_id: str, by: str) -> str:
-        """Drop a control request (``cancel``, ``retry``) for the daemon."""
-        if not jobmod.valid_id(job_id):
-            raise ValueError(f"invalid job id {job_id!r}")
-        name = f"{action}.{job_id}.{secrets.token_hex(3)}.json"
-        data = json.dumps({"action": action, "id": job_id, "by": by,
-                           "at": jobmod.iso(jobmod.utcnow())}).encode()
-        write_atomic(self.dir("tmp"), name, data)
-        os.rename(self.dir("tmp") / name, self.dir("control") / name)
-        return name
-
     # --- the queue ----------------------------------------------------------
 
     def entry_key(self, name: str) -> Entry | None:
-        """Order key of ``incoming/name``, or None if it is gone or ignored. A directory's
-        job.json is read through a descriptor of that directory (never through a link a
-        member put in its place since the lstat); anything unreadable queues with defaults
-        and the claim fails it with the reason."""
-        if is_ignored_name(name):
-            return None
-        path = self.dir("incoming") / name
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return None
-        if not stat.S_ISDIR(st.st_mode):
-            return Entry(name, False, (PRIORITY_RANK["normal"], jobmod.iso(st.st_mtime), name),
-                         st.st_uid, st.st_size, NO_OPTIONS)
-        prio, when, owner, size = "normal", jobmod.iso(st.st_mtime), st.st_uid, 0
-        group: str | None = None
-        try:
-            fd = fsops.open_dir(path)
-            try:
-                if not fsops.same_file(os.fstat(fd), st):
-                    raise dropped.changed(name)
-                meta = dropped.read_meta(fd, name)
-                when = meta.submitted_at
-                p = meta.options.get("priority")
-                prio = p if isinstance(p, str) and p in PRIORITY_RANK else "normal"
-                if st.st_uid == os.geteuid() and meta.owner is not None:
-                    owner = meta.owner  # a job the daemon requeued: its job.json is its own
-                if meta.source_name:
-                    size = os.lstat(meta.source_name, dir_fd=fd).st_size
-                group = batch_group(meta.options)
-            finally:
-                os.close(fd)
-        except (OSError, jobmod.JobError):
-            pass  # a bad job still queues; the claim fails it with the reason
-        return Entry(name, True, (PRIORITY_RANK[prio], when, name), owner, size, group)
+        """:func:`cesard.entries.entry_of` of ``incoming/name``."""
+        return entry_of(self.dir("incoming"), name)
 
     def scan(self, state: str = "incoming") -> Iterator[str]:
         """Names in a state directory (one listing; no ordering)."""
@@ -391,7 +157,7 @@ class Spool:
                     "access to the directory, or submit with 'cesarctl submit'") from e
             raise
         try:
-            claimed = self.adopt(dst, st)
+            claimed = adoption.adopt(dst, self.guard, st)
         except OSError:
             try:  # give the entry back as it was found (a full disk)
                 fsops.rename_noreplace(dst / inner, src)
@@ -470,49 +236,6 @@ class Spool:
             return path
         raise OSError(errno.EEXIST, "no free job id in processing/")
 
-    def adopt(self, job_dir: Path, st: os.stat_result | None = None,
-              job_id: str | None = None) -> Claimed:
-        """Turn what a claim moved into ``job_dir`` into a job (idempotent; recovery too).
-
-        A bare file gets the ``job.json`` of its defaults. A dropped directory
-        (``job_dir/submission``) gives its ``job.json`` options and its audio file,
-        which moves up into ``job_dir``; the rest of it is removed. The owner is
-        the uid that owns the dropped entry; ``submitter`` is that user's name,
-        whatever the dropped ``job.json`` says. ``st`` is the entry's lstat before the
-        claim's rename: what was renamed must be that same file or directory
-        (:mod:`cesard.dropped`). A problem with what was dropped is kept in
-        :attr:`Claimed.error` and fails the job.
-        """
-        job_id = job_id or job_dir.name
-        job_fd = fsops.open_dir(job_dir)
-        try:
-            has_sub = _lexists_at(SUBMISSION, job_fd)
-            if _lexists_at(META, job_fd) and not has_sub:
-                return Claimed(job_id, job_dir, self.read_meta(job_dir), bare=False)
-            got = (dropped.adopt_dir(job_fd, job_id, st) if has_sub
-                   else dropped.adopt_bare(job_fd, job_id, st))
-        finally:
-            os.close(job_fd)
-        meta = got.meta
-        meta.id = job_id
-        meta.submitter = jobmod.user_name(meta.owner or 0)
-        write_atomic(job_dir, META, meta.to_json())
-        if has_sub and got.error is None:
-            fsops.remove_tree(job_dir / SUBMISSION)
-        elif has_sub and not stat.S_ISDIR(os.lstat(job_dir / SUBMISSION).st_mode):
-            os.unlink(job_dir / SUBMISSION)  # a link put in its place: never kept, never read
-        if self.guard is not None:
-            self.guard.protect_dir(job_dir, meta.owner)
-        return Claimed(job_id, job_dir, meta, bare=got.bare, error=got.error)
-
-    def candidates(self, job_dir: Path) -> list[str]:
-        """Names in a job directory that may be its audio (:func:`dropped.candidates`)."""
-        fd = fsops.open_dir(job_dir)
-        try:
-            return dropped.candidates(fd)
-        finally:
-            os.close(fd)
-
     def holds(self, job_dir: Path, me: Claimer) -> bool:
         """Whether ``me`` still holds the claim of ``job_dir`` (its lease carries my token).
 
@@ -547,16 +270,8 @@ class Spool:
         return True
 
     def read_meta(self, job_dir: Path, job_id: str | None = None) -> JobMeta:
-        """``job.json`` of a job directory, validated; raises InvalidJob naming the problem."""
-        job_id = job_id or job_dir.name
-        try:
-            fd = fsops.open_dir(job_dir)
-        except OSError as e:
-            raise jobmod.InvalidJob(f"{job_id} is not a job directory ({e.strerror})") from e
-        try:
-            return dropped.read_meta(fd, job_id)
-        finally:
-            os.close(fd)
+        """:func:`cesard.adoption.read_meta`."""
+        return adoption.read_meta(job_dir, job_id)
 
     def find_audio(self, job_dir: Path, meta: JobMeta, max_bytes: int) -> tuple[str, int]:
         """Name and size of the job's audio in a claimed job directory (the daemon's own),
@@ -798,12 +513,12 @@ class Spool:
         incoming/): the directory goes. Otherwise the job never ran: it is adopted
         (:meth:`adopt`) and goes back to incoming/ without an attempt counted.
         """
-        names = self.candidates(stolen)
+        names = adoption.candidates(stolen)
         if not names and not os.path.lexists(stolen / SUBMISSION):
             fsops.remove_tree(stolen)
             return "", ""
         try:
-            self.adopt(stolen, job_id=base)
+            adoption.adopt(stolen, self.guard, job_id=base)
         except jobmod.JobError:
             return None
         self._clear_outputs(stolen)
@@ -820,14 +535,6 @@ class Spool:
         return None
 
 
-def _lexists_at(name: str, dir_fd: int) -> bool:
-    try:
-        os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def _check_readable(path: Path, name: str) -> None:
     """Unclaimable unless the daemon may open the regular file ``path`` for reading."""
     try:
@@ -841,30 +548,3 @@ def _check_readable(path: Path, name: str) -> None:
             "mode leaves the daemon's ACL entry no read bit (a copy of a 0600 file); its "
             f"owner can run 'chmod g+r {jobmod.display_name(name)}' in incoming/ (the group "
             "stays shut out by the ACL), or submit with 'cesarctl submit'") from e
-
-
-HOSTS = "hosts"
-
-
-def host_file_name(host: str) -> str:
-    """``state/hosts/``'s file for ``host`` (a host id may hold any character but /)."""
-    return host.replace("/", "_").lstrip(".") + ".json"
-
-
-def read_hosts(state_dir: Path) -> list[dict[str, Any]]:
-    """Every daemon's own status on this spool, by host (unreadable ones left out)."""
-    out = []
-    try:
-        names = sorted(os.listdir(state_dir / HOSTS))
-    except OSError:
-        return []
-    for name in names:
-        if not name.endswith(".json") or name.startswith("."):
-            continue
-        try:
-            d = json.loads(read_small(state_dir / HOSTS / name, 1 << 20))
-        except (OSError, ValueError, jobmod.JobError):
-            continue
-        if isinstance(d, dict):
-            out.append(d)
-    return out

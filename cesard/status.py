@@ -5,72 +5,100 @@ Several daemons on one spool (hosts sharing storage) each also write their own
 ``state/hosts/HOST.json`` (the same content): status.json is whichever wrote last,
 ``cesarctl status`` shows every host from there.
 
-``snapshot`` builds status.json from the supervisor's state (read only);
-:meth:`cesard.supervisor.Supervisor.publish_status` decides when it is written.
+:func:`snapshot` builds status.json from the :class:`Facts` the supervisor gathers
+from its parts; the :class:`Publisher` decides when it is written and writes it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cesard import job as jobmod
-from cesard.metrics import write_textfile
-from cesard.spool import read_small
-
-if TYPE_CHECKING:
-    from cesard.supervisor import Supervisor
+from cesard.fsops import write_atomic
+from cesard.hosts import HOSTS, host_file_name
+from cesard.metrics import Metrics, write_textfile
+from cesard.models import ModelInfo
+from cesard.pool import WorkerProc
+from cesard.spool import Spool, read_small
 
 log = logging.getLogger("cesard")
 
+# A job's start or finish reaches status.json within this long (batched under load).
+URGENT_S = 0.05
 
-def snapshot(sup: Supervisor, now: float) -> dict[str, Any]:
+
+@dataclass
+class Facts:
+    """What status.json says, as the parts know it at one step."""
+
+    host: str
+    started: float  # wall-clock time the daemon started
+    state: str  # starting, running, stopping, stopped
+    engine: str
+    model: str
+    device: str
+    compute_type: str
+    workers: list[WorkerProc]
+    model_infos: list[ModelInfo]
+    incoming: int
+    held: bool
+    deferred: int
+    on_disk: dict[str, int]
+    oldest_key: str | None
+    indexing: bool
+    finished: dict[str, int]
+    disk_full: bool
+    queue_capacity: int
+    private_names: bool  # a shared owner-mode spool: no member learns another's file names
+    shown_now: float  # the time to show (Clock.shown)
+
+
+def snapshot(f: Facts, now: float) -> dict[str, Any]:
     """The content of status.json now."""
     running = []
-    for w in sup.workers:
+    for w in f.workers:
         for j in w.jobs.values():
             elapsed = now - j.started
             eta = None
             if j.fraction > 0.01:
                 eta = round(elapsed * (1 - j.fraction) / j.fraction, 1)
-            # A shared owner-mode spool: no member learns another's file names.
-            shown = jobmod.display_name(j.audio) if sup.spool.guard is None else None
+            shown = None if f.private_names else jobmod.display_name(j.audio)
             running.append({"id": j.id, "file": shown,
                             "worker": w.pid, "progress": round(j.fraction, 4),
                             "started_at": j.started_at, "elapsed_s": round(elapsed, 1),
                             "eta_s": eta, "duration": j.duration})
-    oldest = sup.index.oldest_key()
     oldest_age = None
-    if oldest:
-        oldest_age = round(sup.clock.shown(now) - jobmod.parse_iso(oldest).timestamp(), 1)
+    if f.oldest_key:
+        oldest_age = round(f.shown_now - jobmod.parse_iso(f.oldest_key).timestamp(), 1)
     return {
-        "schema": 1, "pid": os.getpid(), "host": sup.me.host,
-        "started_at": jobmod.iso(sup.started), "updated_at": jobmod.iso(sup.clock.shown(now)),
-        "state": "stopped" if sup.exit_code is not None else
-        "stopping" if sup.stopping else ("running" if sup.ready_sent
-                                                   else "starting"),
-        "engine": sup.cfg.engine, "model": sup.cfg.job_defaults().model,
-        "device": sup.placement.device, "compute_type": sup.placement.compute_type,
-        "workers": [w.to_status() for w in sup.workers],
-        "models": [dict(m.to_dict(), workers=[w.pid for w in sup.workers
+        "schema": 1, "pid": os.getpid(), "host": f.host,
+        "started_at": jobmod.iso(f.started), "updated_at": jobmod.iso(f.shown_now),
+        "state": f.state,
+        "engine": f.engine, "model": f.model,
+        "device": f.device, "compute_type": f.compute_type,
+        "workers": [w.to_status() for w in f.workers],
+        "models": [dict(m.to_dict(), workers=[w.pid for w in f.workers
                                               if m.name in w.models])
-                   for m in sup.model_infos],
+                   for m in f.model_infos],
         "running": running,
         # incoming/: indexed, settling, and refused (they stay there until fixed)
-        "queue": {"incoming": len(sup.index) + len(sup.index.pending)
-                  + sum(1 for n in sup.blocked if n not in sup.index),
-                  "processing": len(running) + (1 if sup.held else 0),
-                  "deferred": len(sup.deferred), "done": sup.on_disk["done"],
-                  "failed": sup.on_disk["failed"]},
+        "queue": {"incoming": f.incoming,
+                  "processing": len(running) + (1 if f.held else 0),
+                  "deferred": f.deferred, "done": f.on_disk["done"],
+                  "failed": f.on_disk["failed"]},
         "oldest_queued_age_s": oldest_age,
-        "indexing": sup.indexing is not None,  # the start-up listing of the queue goes on
-        "finished_since_start": dict(sup.metrics.finished),
-        "disk_full": bool(sup.disk_full_logged),
-        "queue_capacity": sup.cfg.queue_capacity,
+        "indexing": f.indexing,  # the start-up listing of the queue goes on
+        "finished_since_start": dict(f.finished),
+        "disk_full": f.disk_full,
+        "queue_capacity": f.queue_capacity,
     }
+
 
 def line(st: dict[str, Any]) -> str:
     """The one-line status systemd shows (STATUS=)."""
@@ -83,28 +111,72 @@ def line(st: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def write_metrics(sup: Supervisor, st: dict[str, Any]) -> None:
-    assert sup.cfg.metrics_textfile
-    text = sup.metrics.render(st["queue"], len(st["running"]), str(sup.spool.root),
-                               st["workers"])
-    try:
-        write_textfile(sup.cfg.metrics_textfile, text)
-        sup.metrics_error_logged = False
-    except OSError as e:
-        if not sup.metrics_error_logged:
-            log.error("cannot write metrics_textfile %s: %s; fix the path or its "
-                      "permissions", sup.cfg.metrics_textfile, e.strerror)
-            sup.metrics_error_logged = True
+class Publisher:
+    """Writes status.json (and this host's copy, and the metrics file): within 50 ms
+    when a job started or finished, at most every 0.5 s for progress, and every 5 s
+    regardless (``health`` watches its age). Verbs: changed, due, write."""
+
+    def __init__(self, spool: Spool, host: str, metrics: Metrics) -> None:
+        self.spool = spool
+        self.host = host
+        self.metrics = metrics
+        self.dirty = True
+        self.urgent = False
+        self.next = 0.0
+        self.metrics_error_logged = False
+
+    def changed(self, urgent: bool = False) -> None:
+        """Something status.json shows changed (``urgent``: a job started or finished)."""
+        self.dirty = True
+        self.urgent = self.urgent or urgent
+
+    def due(self, now: float) -> bool:
+        since = now - (self.next - 5.0)
+        urgent = self.urgent and since >= URGENT_S
+        return urgent or not (since < 0.5 or (not self.dirty and now < self.next))
+
+    def force(self) -> None:
+        """The next :meth:`due` is True (the last status at a stop)."""
+        self.dirty = True
+        self.next = 0.0
+
+    def write(self, st: dict[str, Any], now: float, metrics_textfile: str | None) -> None:
+        self.dirty = self.urgent = False
+        self.next = now + 5.0
+        data = (json.dumps(st, indent=1) + "\n").encode()
+        hosts = self.spool.dir("state") / HOSTS
+        try:
+            write_atomic(self.spool.dir("state"), "status.json", data, mode=0o644,
+                         durable=False)
+            hosts.mkdir(mode=0o755, exist_ok=True)
+            write_atomic(hosts, host_file_name(self.host), data, mode=0o644, durable=False)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+        if metrics_textfile:
+            self._write_metrics(st, metrics_textfile)
+
+    def _write_metrics(self, st: dict[str, Any], path: str) -> None:
+        text = self.metrics.render(st["queue"], len(st["running"]), str(self.spool.root),
+                                   st["workers"])
+        try:
+            write_textfile(path, text)
+            self.metrics_error_logged = False
+        except OSError as e:
+            if not self.metrics_error_logged:
+                log.error("cannot write metrics_textfile %s: %s; fix the path or its "
+                          "permissions", path, e.strerror)
+                self.metrics_error_logged = True
 
 
-def warn_if_shared_with_a_local_daemon(sup: Supervisor) -> None:
+def warn_if_shared_with_a_local_daemon(spool: Spool, host: str) -> None:
     """Say so when another cesard on this host already serves the spool: both claim
-    (each job still runs once), and until status is per daemon (issue 14) each
-    overwrites the other's status.json."""
+    (each job still runs once), and each overwrites the other's status.json (each
+    host's own is in state/hosts/)."""
     try:
-        st = json.loads(read_small(sup.spool.dir("state") / "status.json", 1 << 20))
+        st = json.loads(read_small(spool.dir("state") / "status.json", 1 << 20))
         pid = int(st["pid"])
-        other = (st.get("host") == sup.me.host and pid != os.getpid()
+        other = (st.get("host") == host and pid != os.getpid()
                  and st.get("state") != "stopped"
                  and b"cesard" in Path(f"/proc/{pid}/cmdline").read_bytes())
     except (OSError, ValueError, KeyError, TypeError, jobmod.JobError):
@@ -112,5 +184,4 @@ def warn_if_shared_with_a_local_daemon(sup: Supervisor) -> None:
     if other:
         log.warning("another cesard (pid %d) already serves spool %s on this host; both "
                     "claim jobs (each still runs once), but status.json shows one of them",
-                    pid, sup.spool.root)
-
+                    pid, spool.root)

@@ -17,7 +17,7 @@ from inotify_simple import flags as F
 
 log = logging.getLogger("cesard.watch")
 
-# ATTRIB: a chmod can make an entry the daemon refused readable (see Supervisor.blocked).
+# ATTRIB: a chmod can make an entry the daemon refused readable (see Intake.refused).
 INCOMING_MASK = F.CLOSE_WRITE | F.MOVED_TO | F.CREATE | F.DELETE | F.MOVED_FROM | F.ATTRIB
 CONTROL_MASK = F.CLOSE_WRITE | F.MOVED_TO
 

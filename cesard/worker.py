@@ -39,7 +39,8 @@ from typing import Any, BinaryIO
 from cesard import batch, checkpoint
 from cesard import job as jobmod
 from cesard.batch import Clip
-from cesard.engine import Engine, make_engine
+from cesard.engine import Engine
+from cesard.engines import make_engine
 from cesard.spool import STORAGE_ERRNOS
 from cesard.systemd import setup_logging
 

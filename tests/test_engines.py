@@ -10,7 +10,8 @@ from helpers import FIXTURES, fake_script
 
 from cesard import config as configmod
 from cesard import job as jobmod
-from cesard.engine import Engine, make_engine
+from cesard.engine import Engine
+from cesard.engines import make_engine
 
 SPEECH = {"faster-whisper": (FIXTURES / "weather.wav").read_bytes(),
           "fake": fake_script(text="The weather today is sunny.", duration=3.2)}

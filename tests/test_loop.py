@@ -28,8 +28,8 @@ def sup(tmp_path: Path) -> Iterator[Supervisor]:
         return s.ready_sent
     wait_until(ready, 30, "the worker to be ready")
     yield s
-    for w in list(s.workers):
-        s._kill_worker(w)
+    for w in list(s.pool.workers):
+        s.pool.kill(w)
 
 
 def test_scanned_bare_file_is_claimed_only_after_settle_seconds(sup: Supervisor) -> None:
@@ -37,7 +37,7 @@ def test_scanned_bare_file_is_claimed_only_after_settle_seconds(sup: Supervisor)
     (inc / "a.wav").write_bytes(fake_script(text="settled"))
     t0 = time.time() + 10  # past the next poll
     sup.run_once(t0)
-    assert "a.wav" in sup.index.pending and os.listdir(inc) == ["a.wav"]
+    assert "a.wav" in sup.intake.index.pending and os.listdir(inc) == ["a.wav"]
     sup.run_once(t0 + 1.9)
     assert os.listdir(inc) == ["a.wav"], "claimed before settle_seconds"
     sup.run_once(t0 + 2.1)
@@ -53,7 +53,7 @@ def test_deferred_job_returns_exactly_when_due(sup: Supervisor) -> None:
                           source_name="a.wav", attempts=1, not_before=jobmod.iso(due))
     (d / "job.json").write_bytes(meta.to_json())
     sup.run_once(due - 50)  # a poll finds it
-    assert sup.deferred == {"job-1": pytest.approx(due)}
+    assert sup.intake.deferred == {"job-1": pytest.approx(due)}
     sup.run_once(due - 0.01)
     assert os.listdir(sup.spool.dir("deferred")) == ["job-1"]
     sup.run_once(due + 0.01)
@@ -79,12 +79,12 @@ def test_a_spool_whose_storage_stops_answering_pauses_claims_and_resumes(
     (sup.spool.dir("incoming") / "a.wav").write_bytes(fake_script(text="waits"))
     t0 = time.time() + 100  # past the next poll: the rescan runs and fails
     sup.step(t0)
-    assert sup.storage_error == errno.ENOTCONN and sup.disk_full_until >= t0 + 5
+    assert sup.storage.error == errno.ENOTCONN and sup.storage.until >= t0 + 5
     assert "storage is not answering" in caplog.text
     sup.step(t0 + 1)  # still paused: nothing claimed, nothing raised
     assert os.listdir(sup.spool.dir("incoming")) == ["a.wav"]
     monkeypatch.setattr(sup.spool, "scan", real_scan)
     sup.step(t0 + 200)
-    assert sup.storage_error is None and "answers again" in caplog.text
+    assert sup.storage.error is None and "answers again" in caplog.text
     sup.step(t0 + 203)  # settled: claimed
     assert os.listdir(sup.spool.dir("incoming")) == []

@@ -22,7 +22,7 @@ from helpers import Daemon, fake_script, wait_until
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cesard.spool import is_ignored_name
+from cesard.entries import is_ignored_name
 
 NAME_BYTES = (st.binary(min_size=1, max_size=255) | st.builds(
     lambda n, c, ext: (c * n)[:255 - len(ext)] + ext, st.integers(20, 255),

@@ -13,7 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cesard import job as jobmod
-from cesard.spool import Claimer, Spool, is_ignored_name, lease_orphaned
+from cesard import publish
+from cesard.entries import is_ignored_name
+from cesard.lease import Claimer, lease_orphaned
+from cesard.spool import Spool
 
 
 def make_spool(tmp: Path) -> Spool:
@@ -26,7 +29,7 @@ def test_submit_publishes_a_complete_job_dir(tmp_path: Path) -> None:
     s = make_spool(tmp_path)
     audio = tmp_path / "talk.wav"
     audio.write_bytes(b"RIFF....")
-    job_id = s.submit(audio, {"priority": "high"}, "alice")
+    job_id = publish.submit(s, audio, {"priority": "high"}, "alice")
     assert jobmod.valid_id(job_id)
     assert os.listdir(s.dir("tmp")) == []
     entry = s.dir("incoming") / job_id
@@ -138,7 +141,7 @@ def test_lease_rules(tmp_path: Path) -> None:
     other_boot = dict(mine, token="x", boot_id="another-boot")
     assert lease_orphaned(other_boot, 0, me, 60)
     parent = os.getppid()
-    from cesard.spool import pid_start
+    from cesard.lease import pid_start
     alive_local = dict(mine, token="x", pid=parent, pid_start=pid_start(parent))
     assert not lease_orphaned(alive_local, 0, me, 60)
     reused_pid = dict(alive_local, pid_start=1)
@@ -156,7 +159,7 @@ def test_recover_counts_an_attempt_and_keeps_the_place(tmp_path: Path) -> None:
     s = make_spool(tmp_path)
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"x")
-    job_id = s.submit(audio, {}, "bob")
+    job_id = publish.submit(s, audio, {}, "bob")
     submitted = json.loads((s.dir("incoming") / job_id / "job.json").read_text())["submitted_at"]
     dead = Claimer("host", "boot", 999999, None, "dead")
     e = s.entry_key(job_id)
@@ -203,8 +206,8 @@ def test_clean_tmp_removes_only_stale_builds(tmp_path: Path) -> None:
 @given(st.lists(st.tuples(st.sampled_from(["add", "pop", "discard"]), st.integers(0, 30),
                           st.integers(0, 5)), max_size=60))
 def test_index_oldest_key_matches_a_full_scan(ops: list[tuple[str, int, int]]) -> None:
+    from cesard.entries import Entry
     from cesard.index import QueueIndex
-    from cesard.spool import Entry
     index = QueueIndex()
     live: dict[str, str] = {}
     for op, n, t in ops:

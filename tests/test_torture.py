@@ -21,6 +21,7 @@ from typing import Any
 
 from helpers import Daemon, checked, fake_script, wait_until
 
+from cesard import publish
 from cesard.spool import Spool
 
 TORTURE = os.environ.get("CESARD_TORTURE") == "1"
@@ -128,7 +129,7 @@ def make_jobs(spool: Path, tokens: list[str], rnd: random.Random, sleeps: list[f
         else:
             f = src / f"{tok}.wav"
             f.write_bytes(data)
-            s.submit(f, {}, "torture")
+            publish.submit(s, f, {}, "torture")
             f.unlink()
 
 
@@ -267,7 +268,7 @@ def test_cancel_running_job_within_one_second(make_daemon: Callable[..., Daemon]
         wait_until(lambda j=job: any(r["id"] == j for r in (d.status() or {}).get("running", [])),
                    10, "the job to run")
         t = time.monotonic()
-        s.request("cancel", job, "test")
+        publish.request(s, "cancel", job, "test")
         res = wait_until(lambda j=job: d.result(j), 5, "the cancelled result", interval=0.005)
         took = time.monotonic() - t
         worst = max(worst, took)
@@ -362,7 +363,8 @@ def test_bare_claims_cut_short_are_finished_not_failed(make_daemon: Callable[...
     import sys
 
     from cesard import job as jobmod
-    from cesard.spool import LEASE, Claimer
+    from cesard.lease import Claimer
+    from cesard.spool import LEASE
 
     d = make_daemon()
     s = Spool(d.spool)

@@ -1,0 +1,64 @@
+"""The writers' side of the spool protocol (docs/spool.md, "Handing in work"): a job
+directory built in tmp/ and published into incoming/ by one rename, a control request
+published into control/ the same way. What ``cesarctl submit``, ``cancel`` and
+``retry`` do; scripts may do the same by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+from cesard import fsops
+from cesard import job as jobmod
+from cesard.dropped import RESERVED
+from cesard.entries import is_ignored_name
+from cesard.fsops import fsync_dir, write_atomic
+from cesard.job import JobMeta
+from cesard.spool import META, Spool
+
+
+def submit(spool: Spool, audio: Path, options: dict[str, Any], submitter: str,
+           name: str | None = None) -> str:
+    """Publish a job directory for ``audio``; return its id.
+
+    The directory is built in tmp/, every file fsynced, then renamed into
+    incoming/ in one step: readers never see a half-built job.
+    """
+    job_id = jobmod.new_job_id()
+    name = jobmod.safe_name(name or audio.name)
+    if is_ignored_name(name) or name in RESERVED:
+        name = "audio" + (Path(name).suffix if Path(name).suffix.isascii() else "")
+    build = spool.dir("tmp") / job_id
+    build.mkdir(mode=0o770)
+    os.chmod(build, 0o2770 if spool.dir("tmp").stat().st_mode & stat.S_ISGID else 0o770)
+    try:
+        with open(audio, "rb") as src, open(build / name, "xb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.chmod(build / name, 0o660)
+        meta = JobMeta(id=job_id, options=options, submitted_at=jobmod.iso(jobmod.utcnow()),
+                       submitter=submitter, source_name=name)
+        write_atomic(build, META, meta.to_json())
+        os.rename(build, spool.dir("incoming") / job_id)
+    except BaseException:
+        fsops.remove_tree(build)
+        raise
+    fsync_dir(spool.dir("incoming"))
+    return job_id
+
+def request(spool: Spool, action: str, job_id: str, by: str) -> str:
+    """Drop a control request (``cancel``, ``retry``) for the daemon."""
+    if not jobmod.valid_id(job_id):
+        raise ValueError(f"invalid job id {job_id!r}")
+    name = f"{action}.{job_id}.{secrets.token_hex(3)}.json"
+    data = json.dumps({"action": action, "id": job_id, "by": by,
+                       "at": jobmod.iso(jobmod.utcnow())}).encode()
+    write_atomic(spool.dir("tmp"), name, data)
+    os.rename(spool.dir("tmp") / name, spool.dir("control") / name)
+    return name
