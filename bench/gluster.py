@@ -39,7 +39,7 @@ sys.path.insert(0, str(BENCH.parent))
 import glusterlab  # noqa: E402
 import run as benchrun  # noqa: E402
 import yaml  # noqa: E402
-from run import build_job, publish  # noqa: E402
+from harness import build_job, publish  # noqa: E402
 
 from cesard import job as jobmod  # noqa: E402
 

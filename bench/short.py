@@ -51,7 +51,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 import run as benchrun  # noqa: E402
 import speech  # noqa: E402
-from run import Daemon, Events, copy_file_job, lpt, progress, publish  # noqa: E402
+from harness import Daemon, Events, copy_file_job, lpt, progress, publish, tempdir  # noqa: E402
 
 PEERS = BENCH / ".cache" / "peers"
 PEER_PACKAGES = ["whisper-ctranslate2", "wyoming-faster-whisper"]
@@ -256,7 +256,7 @@ def main() -> int:
     audio_s = sum(float(c["duration"]) for c in clips)  # type: ignore[arg-type]
     durations = sorted(float(c["duration"]) for c in clips)  # type: ignore[arg-type]
     groups = lpt([(f, float(c["duration"])) for f, c in zip(files, clips, strict=True)], ncpu)
-    work = benchrun.tempdir("short")
+    work = tempdir("short")
     rows: list[tuple[str, dict[str, Any] | None, str]] = []
 
     def attempt(name: str, fn: Any) -> None:

@@ -258,8 +258,9 @@ class WhisperEngine:
                     "is tried again") from e
             raise jobmod.UndecodableAudio(
                 f"{shown} could not be decoded as audio ({decode_reason(e)}); check that it "
-                "is a complete audio or video file (ffmpeg can read it), then submit it "
-                "again") from e
+                "is a complete audio or video file (cesard decodes with PyAV, FFmpeg's "
+                "libraries in its wheel; 'python -m av --codecs' in cesard's environment "
+                "lists what it reads), then submit it again") from e
         duration = len(samples) / 16000.0
         if duration == 0:
             raise jobmod.UndecodableAudio(f"{shown} holds no audio samples (truncated or not "
@@ -426,7 +427,7 @@ def decode_reason(e: Exception) -> str:
     """What PyAV's error means, without its internals ("[Errno 1094995529] ... '3'")."""
     text = str(getattr(e, "strerror", None) or e).strip()
     if "Invalid data" in text:
-        return "not a format ffmpeg recognises, or damaged"
+        return "not an audio or video format PyAV (FFmpeg's libraries) recognises, or damaged"
     if "End of file" in text or isinstance(e, EOFError):
         return "the file ends too early"
     return text.split(":", 1)[0][:120] or type(e).__name__

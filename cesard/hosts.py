@@ -1,5 +1,7 @@
-"""Each daemon's own status on a shared spool: ``state/hosts/HOST.json`` (the same
-content as its status.json, which is whichever daemon wrote last)."""
+"""Files the daemon publishes in ``state/`` for readers beside status.json: each
+daemon's own status on a shared spool (``state/hosts/HOST.json``, the same content as
+its status.json, which is whichever daemon wrote last), and each member's view of her
+queued jobs (``state/owners/UID.json``, :mod:`cesard.owners`)."""
 
 from __future__ import annotations
 
@@ -36,3 +38,11 @@ def read_hosts(state_dir: Path) -> list[dict[str, Any]]:
         if isinstance(d, dict):
             out.append(d)
     return out
+
+
+OWNERS = "owners"
+
+
+def view_path(state_dir: Path, uid: int) -> Path:
+    """``state/owners/``'s file for ``uid`` (cesard.owners)."""
+    return state_dir / OWNERS / f"{uid}.json"

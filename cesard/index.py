@@ -42,6 +42,10 @@ class QueueIndex:
         self._bytes: Counter[int] = Counter()
         self.pending: dict[str, Pending] = {}
 
+    def entries(self) -> list[Entry]:
+        """Every indexed entry (no order)."""
+        return list(self._entries.values())
+
     def __len__(self) -> int:
         return len(self._entries)
 

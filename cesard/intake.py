@@ -42,6 +42,8 @@ class Intake:
         # incoming/ entries the daemon may not take, by name → st_ctime_ns when refused;
         # a chmod (IN_ATTRIB) or any other change of ctime brings them back.
         self.refused: dict[str, int] = {}
+        self.refused_why: dict[str, str] = {}  # what its owner can do (the log's words)
+        self.changes = 0  # counts what may change a member's view (cesard.owners)
         self.listing: Iterator[str] | None = None  # the start-up listing, until indexed
         self.listing_since = 0.0
 
@@ -67,6 +69,8 @@ class Intake:
         if name not in self.refused:
             log.warning("%s; it stays in incoming/ and is taken once that is fixed", why)
         self.refused[name] = ctime
+        self.refused_why[name] = why
+        self.changes += 1
 
     def forget(self, name: str) -> None:
         self.index.discard(name)
@@ -106,15 +110,18 @@ class Intake:
             return
         with self.quarantine.guard("incoming", name, "indexing"):
             self._index(name, now, settled)
+        self.changes += 1
 
     def discard(self, name: str) -> None:
         self.index.discard(name)
+        self.changes += 1
 
     def _index(self, name: str, now: float, settled: bool) -> None:
         entry = self.spool.entry_key(name)
         if entry is None:
             self.index.discard(name)
             self.refused.pop(name, None)
+            self.refused_why.pop(name, None)
             return
         if name in self.refused:
             try:
@@ -123,6 +130,7 @@ class Intake:
             except FileNotFoundError:
                 return
             del self.refused[name]
+            self.refused_why.pop(name, None)
         if settled or (entry.is_dir and
                        os.path.lexists(self.spool.dir("incoming") / name / "job.json")):
             # A job dir is published whole by rename; one made in place (mkdir, cp -r)
@@ -159,6 +167,8 @@ class Intake:
             self.index.pending.pop(gone, None)
         for gone in set(self.refused) - names:
             del self.refused[gone]
+            self.refused_why.pop(gone, None)
+        self.changes += 1
         self.quarantine.forget("incoming", names)
         known = self.index.names()
         for name in names - known:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cesard.cues import cues
+
 
 def _stamp(seconds: float, sep: str) -> str:
     ms = int(round(max(0.0, seconds) * 1000))
@@ -20,17 +22,21 @@ def to_txt(result: dict[str, Any]) -> str:
 
 
 def to_srt(result: dict[str, Any]) -> str:
+    """SubRip: one block per cue (:mod:`cesard.cues`: two lines of 42, 7 s at most)."""
     blocks = []
-    for i, seg in enumerate(result.get("segments") or [], 1):
-        blocks.append(f"{i}\n{_stamp(seg['start'], ',')} --> {_stamp(seg['end'], ',')}\n"
-                      f"{seg['text']}\n")
+    for i, c in enumerate(cues(result.get("segments") or []), 1):
+        blocks.append(f"{i}\n{_stamp(c.start, ',')} --> {_stamp(c.end, ',')}\n"
+                      + "\n".join(c.lines) + "\n")
     return "\n".join(blocks)
 
 
 def to_vtt(result: dict[str, Any]) -> str:
+    """WebVTT: one cue per :mod:`cesard.cues` cue."""
     lines = ["WEBVTT", ""]
-    for seg in result.get("segments") or []:
-        lines += [f"{_stamp(seg['start'], '.')} --> {_stamp(seg['end'], '.')}", seg["text"], ""]
+    for c in cues(result.get("segments") or []):
+        lines += [f"{_stamp(c.start, '.')} --> {_stamp(c.end, '.')}",
+                  *(ln.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+                    for ln in c.lines), ""]
     return "\n".join(lines)
 
 

@@ -26,8 +26,8 @@ The owner of a job is the uid that owns the entry dropped into ``incoming/``
 (the file or the directory): the kernel sets it, a member cannot forge it,
 and it is never read from ``job.json``.
 
-ACLs are set with pylibacl (module ``posix1e``): a maintained binding to
-libacl, imported only where a shared ``owner`` spool needs it.
+ACLs are set by :mod:`cesard.acl`: with pylibacl where it is installed, else as
+the kernel's extended attributes (no compiler needed).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import pwd
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from cesard import acl
 from cesard.job import user_name
 
 MODES = ("owner", "group")
@@ -141,18 +141,7 @@ def fake_engine_refusal(engine: str, root: Path) -> str | None:
             f"{FAKE_ENGINE_ENV}=1)")
 
 
-# --- ACLs (pylibacl) --------------------------------------------------------------------
-
-def _posix1e() -> Any:
-    try:
-        import posix1e
-    except ImportError:
-        raise PrivacyError(
-            "privacy: owner on a shared spool needs POSIX ACLs through pylibacl, which is not "
-            "installed; install it (pip install pylibacl, or Debian's python3-pylibacl) or set "
-            "'privacy: group'") from None
-    return posix1e
-
+# --- ACLs (cesard.acl) --------------------------------------------------------------------
 
 def job_acl_text(owner: int | None, admin_gid: int | None) -> str:
     """Access ACL of a claimed job's directory: the daemon all, its owner and admins read."""
@@ -171,33 +160,31 @@ def protect_job_dir(path: Path, owner: int | None, admin_gid: int | None) -> Non
     Files the daemon later creates in it (mode 0640) inherit read access for the
     owner and admins only; what is already there (job.json, the lease) gets it now.
     """
-    posix1e = _posix1e()
     text = job_acl_text(owner, admin_gid)
     os.chmod(path, 0o750)
-    posix1e.ACL(text=text).applyto(str(path), posix1e.ACL_TYPE_ACCESS)
-    posix1e.ACL(text=text).applyto(str(path), posix1e.ACL_TYPE_DEFAULT)
-    file_acl = posix1e.ACL(text=text.replace("u::rwx", "u::rw-").replace("r-x", "r--"))
+    acl.apply(path, text)
+    acl.apply(path, text, default=True)
+    file_acl = text.replace("u::rwx", "u::rw-").replace("r-x", "r--")
     for entry in os.scandir(path):
         if entry.is_file(follow_symlinks=False) and entry.stat(
                 follow_symlinks=False).st_uid == os.geteuid():
             fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             try:
-                file_acl.applyto(fd)
+                acl.apply(fd, file_acl)
             finally:
                 os.close(fd)
 
 
 def probe(root: Path) -> None:
     """PrivacyError unless the spool's filesystem stores POSIX default ACLs."""
-    posix1e = _posix1e()
     probe_dir = root / f".acl-probe-{os.getpid()}"
     try:
         probe_dir.mkdir(mode=0o700)
     except FileExistsError:
         pass
     try:
-        posix1e.ACL(text=f"u::rwx,u:{os.geteuid()}:rwx,g::---,m::rwx,o::---").applyto(
-            str(probe_dir), posix1e.ACL_TYPE_DEFAULT)
+        acl.apply(probe_dir, f"u::rwx,u:{os.geteuid()}:rwx,g::---,m::rwx,o::---",
+                  default=True)
     except OSError as e:
         raise PrivacyError(
             f"the filesystem of spool {root} does not support POSIX ACLs ({e.strerror}), which "
@@ -227,9 +214,7 @@ def apply_layout(root: Path, privacy: str, daemon_uid: int, gid: int | None,
             continue  # installed by root: checked by check_layout
         os.chmod(path, spec.mode)
         if privacy == "owner" and spec.drop:
-            posix1e = _posix1e()
-            text = drop_acl_text(daemon_uid).replace("d:", "")
-            posix1e.ACL(text=text).applyto(str(path), posix1e.ACL_TYPE_DEFAULT)
+            acl.apply(path, drop_acl_text(daemon_uid).replace("d:", ""), default=True)
 
 
 @dataclass(frozen=True)
@@ -243,10 +228,9 @@ class Guard:
 
     def grant_file(self, path: Path, uid: int) -> None:
         """Let ``uid`` read one file the daemon wrote (a reply to its request)."""
-        posix1e = _posix1e()
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
-            posix1e.ACL(text=f"u::rw-,u:{uid}:r--,g::---,m::r--,o::---").applyto(fd)
+            acl.apply(fd, f"u::rw-,u:{uid}:r--,g::---,m::r--,o::---")
         finally:
             os.close(fd)
 
@@ -284,10 +268,7 @@ def check_layout(root: Path, privacy: str, daemon_uid: int) -> None:
                 f"privacy: {privacy} needs; run 'cesard --init' as root, or "
                 "systemd-tmpfiles --create")
         if privacy == "owner" and spec.drop:
-            posix1e = _posix1e()
-            acl = posix1e.ACL(filedef=str(path))
-            want = f"user:{daemon_uid}:rwx"
-            if want not in acl.to_any_text(options=posix1e.TEXT_NUMERIC_IDS).decode():
+            if f"user:{daemon_uid}:rwx" not in acl.default_entries(path):
                 raise PrivacyError(
                     f"{path} lacks the default ACL entry u:{user_name(daemon_uid)}:rwx that "
                     "makes members' files readable by the daemon; run 'cesard --init' as root, "

@@ -33,6 +33,7 @@ from cesard.intake import Intake
 from cesard.lifecycle import Lifecycle
 from cesard.metrics import Metrics
 from cesard.oom import OomWatch
+from cesard.owners import OwnerViews
 from cesard.pool import Pool, StartupError
 from cesard.quarantine import Quarantine
 from cesard.replies import Replies
@@ -102,6 +103,7 @@ class Supervisor:
         self.replies = Replies(self.settings, self.pool, self.jobs, self.dispatcher,
                                self.storage, self.oom, self.changed)
         self.control = Control(spool, self.settings, self.jobs, self.pool, self.dispatcher)
+        self.owners = OwnerViews(spool, spool.guard, self.intake)
 
     @property
     def cfg(self) -> configmod.Config:
@@ -257,6 +259,7 @@ class Supervisor:
             log.info("drain: the queue is empty; exiting")
             self.begin_stop(now)
         self.publish_status(now)
+        self.owners.step(now)
         self.notify.watchdog(now)
 
     def _rescan_interval(self) -> float:

@@ -44,7 +44,10 @@ def setup_logging(level: str = "info", name: str = "cesard",
     """Configure the root logger for the daemon or a worker."""
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     if to_journal():
-        handler.setFormatter(JournalFormatter(f"{name}: %(message)s"))
+        # The journal names the unit's program already (cesard[PID]): only a worker's
+        # lines say whose they are.
+        prefix = "" if name == "cesard" else "worker: "
+        handler.setFormatter(JournalFormatter(f"{prefix}%(message)s"))
     else:
         fmt = logging.Formatter(f"%(asctime)s.%(msecs)03dZ {name}[%(process)d] "
                                 "%(levelname)s: %(message)s", "%Y-%m-%dT%H:%M:%S")

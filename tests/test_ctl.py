@@ -99,3 +99,20 @@ def test_scripts_and_people_get_what_they_asked_for(daemon: Daemon) -> None:
     assert "BrokenPipe" not in p.stderr and "Exception" not in p.stderr, p.stderr
     r = daemon.ctl("prune", "--older-than", "0s", "--dry-run")
     assert job in r.stdout.split() and (daemon.spool / "done" / job).exists()
+
+
+def test_a_job_may_be_named_by_a_unique_prefix_or_suffix_of_its_id(daemon: Daemon) -> None:
+    a = daemon.submit_bytes("a.wav", fake_script(text="first"))
+    b = daemon.submit_bytes("b.wav", fake_script(text="second"))
+    daemon.wait_result(a)
+    daemon.wait_result(b)
+    r = daemon.ctl("result", b[-6:])
+    assert r.returncode == 0 and r.stdout.strip() == "second", r
+    r = daemon.ctl("show", "--json", a[-4:])
+    assert r.returncode == 0 and a in r.stdout and b not in r.stdout, r
+    common = os.path.commonprefix([a, b])
+    assert len(common) >= 4
+    r = daemon.ctl("show", common)
+    assert r.returncode == 64 and a in r.stderr and b in r.stderr, r
+    r = daemon.ctl("wait", a[:-1], b[-4:])
+    assert r.returncode == 0, r

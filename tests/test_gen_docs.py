@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -74,3 +75,26 @@ def test_the_configuration_reference_in_docs_is_generated_and_current() -> None:
         "docs/configuration.md is stale: run python packaging/gen_docs.py --docs"
     keys = [k for k, _, _ in gen_docs.config_entries()]
     assert sorted(keys) == sorted(config.KEYS)
+
+
+def test_every_comment_line_of_the_reference_config_is_in_the_generated_pages() -> None:
+    """docs/configuration.md and cesard.yaml(5) carry every line of packaging/cesard.yaml's
+    comments (indented ones too: privacy's modes, the setfacl command, the hook
+    examples), each paragraph under the keys it describes."""
+    sys.path.insert(0, str(REPO / "packaging"))
+    import gen_docs
+
+    text = (REPO / "packaging" / "cesard.yaml").read_text()
+    body = text.split("\n\n", 1)[1]  # after the file's header
+    lines = [ln[1:] for ln in body.splitlines()
+             if ln.startswith("#") and not re.match(r"#[a-z_]+:", ln)]
+    assert len(lines) > 90
+    page = gen_docs.config_markdown()
+    man = gen_docs.config_manpage("2026-01-01").replace("\\-", "-").replace("\\&", "")
+    for ln in lines:
+        assert (ln.rstrip() if ln.startswith("  ") else ln.strip()) in page, ln
+        assert ln.strip() in man, ln
+    groups = {k: g for g in gen_docs.config_groups() for k, _ in g.keys}
+    assert any("setfacl" in t for _, t in groups["metrics_textfile"].lines)
+    assert any("group  every member" in t for _, t in groups["privacy"].lines)
+    assert not any("Threads per worker" in t for _, t in groups["max_loaded_models"].lines)

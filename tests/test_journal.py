@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from helpers import Daemon, fake_script, wait_until
 
-JOURNAL_LINE = re.compile(r"^<([0-7])>(cesard|cesard-worker): (.*)$")
+# The journal names the program (cesard[PID]:); the line adds "worker: " for a worker's.
+JOURNAL_LINE = re.compile(r"^<([0-7])>(worker: )?(.*)$")
 STAMPED_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (cesard|cesard-worker)\[(\d+)\] "
     r"(DEBUG|INFO|WARNING|ERROR|CRITICAL): (.*)$")
@@ -54,9 +55,11 @@ def test_journal_stream_lines_have_priorities_and_name_jobs(
     parsed = []
     for line in lines:
         m = JOURNAL_LINE.match(line)
-        assert m, f"not a journal line (<N>ident: text): {line!r}"
+        assert m, f"not a journal line (<N>text): {line!r}"
         assert not TIMESTAMP.search(line), f"timestamp in a journal line: {line!r}"
-        parsed.append((int(m.group(1)), m.group(2), m.group(3)))
+        assert not m.group(3).startswith("cesard"), f"the program named twice: {line!r}"
+        parsed.append((int(m.group(1)), "cesard-worker" if m.group(2) else "cesard",
+                       m.group(3)))
     assert {who for _, who, _ in parsed} == {"cesard", "cesard-worker"}, (
         "worker lines are missing (they inherit stderr)")
 

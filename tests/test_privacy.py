@@ -420,3 +420,44 @@ def test_junk_where_a_result_goes_never_stops_the_daemon(
     assert res["status"] == "cancelled"
     assert d.proc is not None and d.proc.poll() is None
     assert "Traceback" not in d.log(), d.log()
+
+
+@needs_users
+def test_a_member_sees_every_queued_job_of_hers_and_why_one_waits() -> None:
+    """incoming/ may not be listed by members (privacy: owner): the daemon's view of her
+    own entries (state/owners/UID.json, readable by her alone) lets `list` show them all,
+    and say why a 0600 file she copied in with cp -p waits."""
+    with user_box("v", workers=1) as box:
+        alice, bob = box.alice, box.bob
+        blocker = box.submit(alice, "slow.wav", fake_script(sleep=8, text="blocker"))
+        wait_until(lambda: (box.d.spool / "processing" / blocker).exists(), 20,
+                   "the blocker to run")
+        ids = [box.submit(alice, f"q{i}.wav", fake_script(text=f"q{i}")) for i in range(3)]
+        secret = box.own_file(alice, "private.wav", fake_script(text="p"), mode=0o600)
+        r = box.run(alice, ["cp", "-p", str(secret), str(box.d.spool / "incoming")])
+        assert r.returncode == 0, r.stderr
+
+        def rows(u: Any) -> list[dict[str, Any]]:
+            r = box.ctl(u, "list", "--json")
+            assert r.returncode == 0, r.stderr
+            return list(json.loads(r.stdout))
+
+        def queued() -> bool:
+            got = {r.get("id") or r.get("file"): r for r in rows(alice)}
+            return all(got.get(i, {}).get("state") == "incoming" for i in ids) and \
+                "private.wav" in got
+        wait_until(queued, 10, "alice's list to show her queued jobs")
+        theirs = json.dumps(rows(bob))
+        assert not any(i in theirs for i in ids) and "private.wav" not in theirs
+        view = box.d.spool / "state" / "owners" / f"{alice.uid}.json"
+        assert box.attempt(bob, "read", view) == "EACCES"
+        assert box.attempt(bob, "listdir", view.parent) == "EACCES"
+        assert box.attempt(alice, "read", view) == "OK"
+
+        def waits() -> dict[str, Any] | None:
+            return next((r for r in rows(alice) if r.get("file") == "private.wav"
+                         and r.get("status") == "waiting"), None)
+        row = wait_until(waits, 30, "the unreadable file to be shown as waiting")
+        assert "chmod g+r" in row["waiting"] and "cesarctl submit" in row["waiting"]
+        for i in ids:
+            assert box.d.wait_result(i, 30)["status"] == "done"

@@ -49,3 +49,23 @@ def test_the_result_schema_rejects_what_it_should() -> None:
                 {**good, "owner": {"uid": "alice"}}, {**good, "surprise": 1}):
         with pytest.raises(jsonschema.ValidationError):
             checked(bad)
+
+
+def test_one_table_of_exit_codes_in_the_readme_help_and_man_page(tmp_path: Path) -> None:
+    """cesarctl's exit codes are written once (cesard.ctl.common.EXIT_CODES) and shown
+    as they are by --help, the man page and the README."""
+    import subprocess
+    import sys
+
+    from cesard.ctl.common import EXIT_CODES
+
+    assert EXIT_CODES in (ROOT / "README.md").read_text()
+    out = subprocess.run([sys.executable, "-m", "cesard.ctl", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert EXIT_CODES in out
+    sys.path.insert(0, str(ROOT / "packaging"))
+    import gen_docs
+
+    page = gen_docs.manpage(gen_docs.ctl.parser(), 1, "cesarctl")
+    for line in EXIT_CODES.splitlines():
+        assert line.split()[-1] in page, line

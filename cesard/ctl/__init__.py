@@ -17,7 +17,15 @@ import sys
 from cesard import __version__, outputs
 from cesard import job as jobmod
 from cesard.ctl.act import cmd_cancel, cmd_health, cmd_models, cmd_prune, cmd_retry
-from cesard.ctl.common import EX_USAGE, CtlError, parse_duration
+from cesard.ctl.common import (
+    EX_SOFTWARE,
+    EX_USAGE,
+    EXIT_CODES,
+    CtlError,
+    open_spool,
+    parse_duration,
+    resolve_id,
+)
 from cesard.ctl.follow import cmd_follow
 from cesard.ctl.submit import cmd_result, cmd_submit, cmd_wait
 from cesard.ctl.view import cmd_list, cmd_show, cmd_status
@@ -36,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON")
     p = argparse.ArgumentParser(prog="cesarctl", description="Client for the cesard spool.",
-                                parents=[common])
+                                parents=[common], epilog=EXIT_CODES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"cesarctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -128,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, key):
             setattr(args, key, default)
     try:
+        if getattr(args, "id", None) or getattr(args, "ids", None):
+            spool, _ = open_spool(args)
+            if getattr(args, "id", None):
+                args.id = resolve_id(spool, args.id)
+            if getattr(args, "ids", None):
+                args.ids = [resolve_id(spool, i) for i in args.ids]
         code: int = args.func(args)
         return code
     except CtlError as e:
@@ -140,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         # that the interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception:  # noqa: BLE001 - a bug: said as one, never exit 1 ("nothing to do")
+        import traceback
 
+        traceback.print_exc()
+        print("cesarctl: internal error (the lines above say where); please report it",
+              file=sys.stderr)
+        return EX_SOFTWARE
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,6 +15,7 @@ from cesard.ctl.common import (
     EX_DATAERR,
     EX_NOINPUT,
     EX_NOPERM,
+    EX_NOTHING,
     EX_OK,
     EX_TEMPFAIL,
     CtlError,
@@ -75,7 +76,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     state = locate_to_act(spool, args.id, "cancel")
     if state in ("done", "failed"):
         raise CtlError(f"job {args.id} already finished (in {state}/); nothing to cancel",
-                       EX_DATAERR)
+                       EX_NOTHING)
     _request(spool, "cancel", args.id, args.timeout)
     emit({"id": args.id, "status": "cancelled"}, args, args.id)
     return EX_OK
@@ -86,7 +87,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     state = locate_to_act(spool, args.id, "retry")
     if state != "failed":
         raise CtlError(f"job {args.id} is in {state}/; only failed jobs can be retried",
-                       EX_DATAERR)
+                       EX_NOTHING)
     _request(spool, "retry", args.id, args.timeout)
     emit({"id": args.id, "status": "queued"}, args, args.id)
     return EX_OK

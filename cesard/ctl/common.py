@@ -18,6 +18,7 @@ from cesard import config as configmod
 from cesard import job as jobmod
 from cesard import outputs
 from cesard.spool import (
+    STATES,
     Spool,
     SpoolError,
     read_small,
@@ -25,6 +26,24 @@ from cesard.spool import (
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE = 0, 64, 65, 66, 69
 EX_SOFTWARE, EX_CANTCREAT, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 70, 73, 75, 77, 78
+EX_NOTHING = 1  # nothing to do: cancel of a finished job, retry of one that did not fail
+EX_DOWN = 3  # status: the daemon is not running (as systemctl status says of a stopped unit)
+# The one table of exit codes: --help, the man page and the README show it as it is here.
+EXIT_CODES = """\
+exit codes (sysexits.h where one fits):
+   0  success
+   1  nothing to do: cancel of a finished job, retry of a job that did not fail
+   3  status: the daemon is not running (jobs still queue)
+  64  usage error
+  65  the job failed or was cancelled (submit --wait, wait, result, follow)
+  66  no such file or job
+  69  the spool does not exist
+  70  internal error in cesarctl (a bug: please report it)
+  73  the job could not be created in the spool
+  75  not finished yet, or no answer in time: try again later
+  77  permission denied (not in the spool's group, or another user's job)
+  78  configuration error
+health: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the monitoring-plugin convention)"""
 STALE_STATUS_S = 30.0
 
 
@@ -154,6 +173,44 @@ def locate(spool: Spool, job_id: str, mine: bool = True) -> tuple[str, Path]:
         raise CtlError(f"job {job_id} belongs to another user; only its owner, root and "
                        "members of the daemon's admin_group may see it", EX_NOPERM)
     return found
+
+
+def my_queue(spool: Spool) -> list[dict[str, Any]] | None:
+    """This user's entries of incoming/ as the daemon lists them (cesard.owners), where
+    the spool lets members see only their own: None when there is no such view (the
+    directory is listable, the daemon is not running, or nothing of this user waits)."""
+    from cesard.hosts import view_path
+
+    data = load_json(view_path(spool.dir("state"), os.geteuid()))
+    if data is None:
+        return [] if daemon_alive(read_status(spool)) else None
+    entries = data.get("entries")
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+MIN_ABBREV = 4  # characters of an id that may stand for it (a prefix or a suffix)
+
+
+def resolve_id(spool: Spool, given: str) -> str:
+    """The full id of a job named by its id, or by a unique prefix or suffix of it
+    (``cesarctl show 5d7a``), as git and docker take abbreviations. CtlError(64) when
+    several jobs match, naming them."""
+    if not jobmod.valid_id(given) or len(given) < MIN_ABBREV or spool.locate(given):
+        return given
+    matches: set[str] = set()
+    for state in STATES:
+        try:
+            with os.scandir(spool.dir(state)) as it:
+                matches |= {e.name for e in it
+                            if (e.name.startswith(given) or e.name.endswith(given))
+                            and not e.name.startswith(".") and jobmod.valid_id(e.name)}
+        except OSError:
+            continue  # a state this user may not list (incoming/ in privacy: owner)
+    if len(matches) > 1:
+        shown = ", ".join(sorted(matches)[:5]) + (", ..." if len(matches) > 5 else "")
+        raise CtlError(f"{given!r} names {len(matches)} jobs ({shown}); give more of the id",
+                       EX_USAGE)
+    return matches.pop() if matches else given
 
 
 # --- wait / result -----------------------------------------------------------------

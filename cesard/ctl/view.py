@@ -12,6 +12,7 @@ from typing import Any
 
 from cesard import job as jobmod
 from cesard.ctl.common import (
+    EX_DOWN,
     EX_OK,
     ago,
     colour,
@@ -21,6 +22,7 @@ from cesard.ctl.common import (
     load_json,
     local_time,
     locate,
+    my_queue,
     open_spool,
     read_status,
     tsv,
@@ -96,7 +98,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"daemon {data['daemon']}")
             for s in STATES:
                 print(f"{s} {'-' if counts[s] is None else counts[s]}")
-        return EX_OK if alive else 3
+        return EX_OK if alive else EX_DOWN
     lines = [f"spool:   {spool.root}"]
     if alive and st:
         started = jobmod.parse_iso(st["started_at"]).timestamp()
@@ -125,7 +127,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             file = f" {r['file']}" if r.get("file") else ""
             lines.append(f"running: {r['id']}{file} {r['progress'] * 100:.0f}%{eta}")
     print("\n".join(lines))
-    return EX_OK if alive else 3
+    return EX_OK if alive else EX_DOWN
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -159,9 +161,21 @@ def cmd_list(args: argparse.Namespace) -> int:
                 rows.append(catalog.describe(spool, state, name))
             except FileNotFoundError:
                 continue  # moved on while we looked
-    if hidden and tty():
+    if "incoming" in hidden:
+        # privacy: owner: the daemon's view of this member's own queued entries
+        mine = my_queue(spool)
+        if mine is not None:
+            hidden.remove("incoming")
+            listed = {r[1] if isinstance(r, tuple) else r.get("id") for r in rows}
+            rows[:0] = [{"id": e.get("id"), "state": "incoming", "status": e.get("state"),
+                         "file": e.get("name"), "owner": whoami(),
+                         "submitted_at": e.get("submitted_at"),
+                         "priority": e.get("priority"), "waiting": e.get("why")}
+                        for e in mine if e.get("id") is None or e.get("id") not in listed]
+    if hidden and tty() and not daemon_alive(read_status(spool)):
         print(f"cesarctl: {', '.join(hidden)}/ cannot be listed by {whoami()} (privacy: "
-              "owner); 'cesarctl show ID' finds a queued job of yours", file=sys.stderr)
+              "owner) and the daemon, which shows you your queued jobs, is not running; "
+              "'cesarctl show ID' finds a queued job of yours", file=sys.stderr)
     if args.json or tty():
         dicts = [r if isinstance(r, dict) else catalog.as_dict(r) for r in rows]
         if args.json:
@@ -169,6 +183,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             return EX_OK
         running = {r["id"]: r for r in (read_status(spool) or {}).get("running", [])}
         print(table(dicts, running) if dicts else "no jobs")
+        for r in dicts:
+            if r.get("waiting"):
+                print(f"\n{r.get('file')} waits: {r['waiting']}")
         return EX_OK
     if rows:
         print("\n".join(tsv(r) for r in rows))

@@ -151,7 +151,7 @@ def test_journal_priorities_reload_and_stop(cesard_container: nspawn.Container) 
     c.run(["journalctl", "--sync"], check=False)
     errors = c.run("journalctl --no-pager -o cat -p err -u cesard").stdout.splitlines()
     assert len(errors) == 1, errors
-    assert errors[0].startswith(f"cesard: job={bad} failed: file=junk.wav UndecodableAudio:"), \
+    assert errors[0].startswith(f"job={bad} failed: file=junk.wav UndecodableAudio:"), \
         errors
     # Every line cesard wrote carried its own priority: none reached the journal as raw
     # text, failures are 3, a worker's view of them 4, the rest 6.
@@ -161,7 +161,7 @@ def test_journal_priorities_reload_and_stop(cesard_container: nspawn.Container) 
     assert msgs and all(not str(m.get("MESSAGE", "")).startswith("<") for m in msgs), msgs[:3]
     by_prio = {p: [m["MESSAGE"] for m in msgs if m["PRIORITY"] == p] for p in "0123456789"}
     assert by_prio["3"] == errors, by_prio["3"]
-    assert all(m.startswith(f"cesard-worker: job={bad} failed:") for m in by_prio["4"]), by_prio
+    assert all(m.startswith(f"worker: job={bad} failed:") for m in by_prio["4"]), by_prio
     assert sum(len(v) for k, v in by_prio.items() if k not in "346") == 0, by_prio
     assert all("job=" in m for m in by_prio["6"] if good in m or "s.wav" in m)
 

@@ -1,0 +1,5 @@
+"""``python -m cesard.ctl``: the same as ``cesarctl``."""
+
+from cesard.ctl import main
+
+raise SystemExit(main())
