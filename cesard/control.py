@@ -26,14 +26,13 @@ from cesard.dispatch import Dispatcher
 from cesard.fsops import write_atomic
 from cesard.lifecycle import Lifecycle
 from cesard.pool import Pool
+from cesard.publish import MAX_REQUEST_BYTES, REPLY_PREFIX, none_to, reply_name
 from cesard.settings import Settings
 from cesard.spool import Spool, Unclaimable
 
 log = logging.getLogger("cesard")
 
-REPLY_PREFIX = ".reply-"
 REPLY_TTL_S = 600.0
-MAX_REQUEST_BYTES = 4096
 
 
 class Refused(Exception):
@@ -42,17 +41,6 @@ class Refused(Exception):
 
 class Denied(Refused):
     """Refused because its sender may not act on that job."""
-
-
-def none_to(job_id: str, action: str) -> str:
-    """The one answer a member gets for a job that is not theirs, whether it exists or
-    not (the daemon's and cesarctl's): neither its owner nor its existence is told."""
-    return (f"no job you may {action} has id {job_id} (only a job's owner, root or a member "
-            f"of admin_group may {action} it); check the id with 'cesarctl list'")
-
-
-def reply_name(request: str) -> str:
-    return REPLY_PREFIX + request
 
 
 def read_request(path: Any) -> tuple[dict[str, Any], int]:
@@ -259,29 +247,3 @@ class Control:
             raise Refused(f"cannot take failed/{job_id}: {e.strerror}") from e
         log.info("job=%s queued again by request of %s", job_id, jobmod.user_name(sender))
         return "queued again"
-
-
-def wait_reply(control_dir: Any, name: str, timeout: float) -> dict[str, Any] | None:
-    """For clients: the daemon's answer to request ``name``, or None past ``timeout``."""
-    path = control_dir / reply_name(name)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except FileNotFoundError:
-            fd = -1
-        if fd >= 0:
-            with os.fdopen(fd, "rb") as f:
-                try:
-                    data = json.loads(f.read(MAX_REQUEST_BYTES))
-                except ValueError:
-                    data = None
-            if isinstance(data, dict):
-                try:
-                    path.unlink()  # possible where the sticky bit allows (group mode)
-                except OSError:
-                    pass
-                return data
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.05)

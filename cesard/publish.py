@@ -1,7 +1,8 @@
 """The writers' side of the spool protocol (docs/spool.md, "Handing in work"): a job
 directory built in tmp/ and published into incoming/ by one rename, a control request
-published into control/ the same way. What ``cesarctl submit``, ``cancel`` and
-``retry`` do; scripts may do the same by hand."""
+published into control/ the same way, and the wait for the daemon's answer to it.
+What ``cesarctl submit``, ``cancel`` and ``retry`` do; scripts may do the same by
+hand."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,9 @@ from cesard.entries import is_ignored_name
 from cesard.fsops import fsync_dir, write_atomic
 from cesard.job import JobMeta
 from cesard.spool import META, Spool
+
+REPLY_PREFIX = ".reply-"
+MAX_REQUEST_BYTES = 4096
 
 
 def submit(spool: Spool, audio: Path, options: dict[str, Any], submitter: str,
@@ -62,3 +67,40 @@ def request(spool: Spool, action: str, job_id: str, by: str) -> str:
     write_atomic(spool.dir("tmp"), name, data)
     os.rename(spool.dir("tmp") / name, spool.dir("control") / name)
     return name
+
+
+def none_to(job_id: str, action: str) -> str:
+    """The one answer a member gets for a job that is not theirs, whether it exists or
+    not (the daemon's and cesarctl's): neither its owner nor its existence is told."""
+    return (f"no job you may {action} has id {job_id} (only a job's owner, root or a member "
+            f"of admin_group may {action} it); check the id with 'cesarctl list'")
+
+
+def reply_name(request: str) -> str:
+    return REPLY_PREFIX + request
+
+
+def wait_reply(control_dir: Any, name: str, timeout: float) -> dict[str, Any] | None:
+    """For clients: the daemon's answer to request ``name``, or None past ``timeout``."""
+    path = control_dir / reply_name(name)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            with os.fdopen(fd, "rb") as f:
+                try:
+                    data = json.loads(f.read(MAX_REQUEST_BYTES))
+                except ValueError:
+                    data = None
+            if isinstance(data, dict):
+                try:
+                    path.unlink()  # possible where the sticky bit allows (group mode)
+                except OSError:
+                    pass
+                return data
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)

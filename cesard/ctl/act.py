@@ -37,8 +37,6 @@ from cesard.spool import (
 
 def _request(spool: Spool, action: str, job_id: str, timeout: float) -> dict[str, Any]:
     """Drop a request and return the daemon's answer; CtlError when refused or unanswered."""
-    from cesard import control
-
     try:
         name = publish.request(spool, action, job_id, whoami())
     except PermissionError as e:
@@ -46,7 +44,7 @@ def _request(spool: Spool, action: str, job_id: str, timeout: float) -> dict[str
     if not daemon_alive(read_status(spool)):
         raise CtlError(f"cesard is not running; the {action} request for {job_id} is queued "
                        "and applies when it starts", EX_TEMPFAIL)
-    answer = control.wait_reply(spool.dir("control"), name, timeout)
+    answer = publish.wait_reply(spool.dir("control"), name, timeout)
     if answer is None:
         raise CtlError(f"{action} of {job_id} requested; the daemon has not answered within "
                        f"{timeout:g} s", EX_TEMPFAIL)
@@ -65,9 +63,7 @@ def locate_to_act(spool: Spool, job_id: str, action: str) -> str:
     except CtlError as e:
         if e.code != EX_NOINPUT:
             raise
-        from cesard import control
-
-        raise CtlError(f"{action} of {job_id} refused: {control.none_to(job_id, action)}",
+        raise CtlError(f"{action} of {job_id} refused: {publish.none_to(job_id, action)}",
                        EX_NOPERM) from None
 
 
