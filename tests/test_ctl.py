@@ -39,6 +39,9 @@ def test_submit_without_daemon_queues_and_warns(tmp_path: Path) -> None:
     r = ctl("--spool", str(spool), "list", "--json")
     rows = json.loads(r.stdout)
     assert [(x["id"], x["state"]) for x in rows] == [(job_id, "incoming")]
+    assert "\n" not in r.stdout.strip()  # JSON into a pipe: one line a document
+    r = ctl("--spool", str(spool), "list")  # tab-separated: ID STATE STATUS FILE OWNER
+    assert r.stdout.split("\n")[0].split("\t")[:4] == [job_id, "incoming", "queued", "a.wav"]
     r = ctl("--spool", str(spool), "result", job_id)
     assert r.returncode == 75 and "not finished" in r.stderr
     r = ctl("--spool", str(spool), "submit", str(tmp_path / "missing.wav"))

@@ -191,3 +191,21 @@ def test_workers_keep_models_warm_with_an_lru_and_jobs_go_where_their_model_is(
                "both workers idle")
     again = d2.wait_result(d2.submit_bytes("b.wav", fake_script(text="b"), "--model", "m1"))
     assert again["engine"]["pid"] == first["engine"]["pid"]  # the worker that holds m1
+
+
+@pytest.mark.parametrize("fixture,language", [("french.wav", "fr"), ("german.wav", "de")])
+def test_an_english_only_model_says_when_the_speech_is_another_language(
+        multi: Daemon, fixture: str, language: str) -> None:
+    """tiny.en (the default) writes fluent English nonsense for French speech; the result
+    says so, names the language base detected and what to do, instead of passing the
+    text off as a transcript. English speech gets no such warning."""
+    res = multi.wait_result(submit(multi, FIXTURES / fixture), 300)
+    assert res["status"] == "done"
+    w = res["language_warning"]
+    assert w is not None and w["detected"] == language and w["probability"] > 0.2, w
+    assert w["mean_logprob"] < -0.9 and "--model base" in w["message"], w
+    job = res["id"]
+    shown = multi.ctl("show", job)
+    assert "--model base" in shown.stdout, shown.stdout
+    hello = multi.wait_result(submit(multi, FIXTURES / "hello.wav"), 300)
+    assert hello["language_warning"] is None and "hello" in hello["text"].lower()

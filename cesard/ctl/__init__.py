@@ -81,7 +81,11 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", parents=[common], help="daemon and queue status")
     s.set_defaults(func=cmd_status)
-    s = sub.add_parser("list", parents=[common], help="list jobs")
+    s = sub.add_parser("list", parents=[common], help="list jobs",
+                       description="List jobs. On a terminal, a table; into a pipe, one job "
+                       "a line, tab-separated: ID STATE STATUS FILE OWNER (STATUS: queued, "
+                       "settling, waiting, running, retrying, done, failed or cancelled; ID "
+                       "'-' for a bare file not yet claimed); --json: a JSON list.")
     s.add_argument("--state", choices=STATES)
     s.set_defaults(func=cmd_list)
     s = sub.add_parser("show", parents=[common], help="a job's details")

@@ -59,7 +59,7 @@ def tty() -> bool:
 
 def emit(data: Any, args: argparse.Namespace, text: str | None = None) -> None:
     if args.json:
-        print(json.dumps(data, indent=2 if tty() else None, ensure_ascii=False))
+        print(dumps(data))
     elif text is not None:
         if text:
             print(text)
@@ -237,7 +237,8 @@ def wait_for(spool: Spool, ids: list[str], timeout: float | None) -> dict[str, t
             bar = tqdm(total=100 * len(ids), unit="%", file=sys.stderr, leave=False,
                        # percent of all jobs, and elapsed time only: an ETA from the
                        # bar's own rate climbs while a job waits in the queue
-                       bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}]")
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}]",
+                       desc=f"0/{len(ids)} done, queued")
         except ImportError:
             bar = None
     try:
@@ -256,11 +257,16 @@ def wait_for(spool: Spool, ids: list[str], timeout: float | None) -> dict[str, t
                 bar.n = total
                 running = [i for i in ids if i in prog]
                 bar.set_description(f"{len(results)}/{len(ids)} done"
-                                    + (f", running {running[0]}" if running else ""))
+                                    + (f", running {running[0]}" if running
+                                       else ", queued"))
                 bar.refresh()
             if warn_at is not None and time.monotonic() > warn_at:
                 warn_at = None
-                warn_if_down(spool)
+                if bar is not None:
+                    with bar.external_write_mode():  # a line of its own, not into the bar
+                        warn_if_down(spool)
+                else:
+                    warn_if_down(spool)
             if deadline is not None and time.monotonic() > deadline:
                 missing = [i for i in ids if i not in results]
                 raise CtlError(f"timed out waiting for {', '.join(missing)}; the jobs stay "
@@ -271,7 +277,15 @@ def wait_for(spool: Spool, ids: list[str], timeout: float | None) -> dict[str, t
             bar.close()
 
 
+def dumps(data: Any) -> str:
+    """JSON as cesarctl prints it: indented on a terminal, one line into a pipe (one
+    document a line, for jq and scripts)."""
+    return json.dumps(data, indent=2 if tty() else None, ensure_ascii=False)
+
+
 def render(result: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return dumps(result)
     out = outputs.RENDER[fmt](result)
     return out[:-1] if out.endswith("\n") else out
 
@@ -288,8 +302,11 @@ def wait_and_print(spool: Spool, ids: list[str], timeout: float | None, fmt: str
             print(f"cesarctl: job {job_id} {result.get('status', 'failed')}: "
                   f"{err.get('type')}: {err.get('message')}", file=sys.stderr)
             if fmt == "json":
-                print(json.dumps(result, ensure_ascii=False))
+                print(dumps(result))
             continue
+        warning = (result.get("language_warning") or {}).get("message")
+        if warning:
+            print(f"cesarctl: job {job_id}: {warning}", file=sys.stderr)
         print(render(result, fmt))
     return code
 
@@ -311,7 +328,12 @@ def tsv(r: dict[str, Any] | tuple[Any, ...]) -> str:
     state, job_id, status, file, owner = (
         r[:5] if isinstance(r, tuple)
         else (r["state"], r["id"], r.get("status"), r.get("file"), r.get("owner")))
-    return f"{job_id or '-'}\t{state}\t{status or ''}\t{file or ''}\t{owner or ''}"
+    status = status or STATE_STATUS.get(state, state)
+    return f"{job_id or '-'}\t{state}\t{status}\t{file or ''}\t{owner or ''}"
+
+
+# What a job in a state without a result is doing (the STATUS column of 'cesarctl list').
+STATE_STATUS = {"incoming": "queued", "processing": "running", "deferred": "retrying"}
 
 
 COLOURS = {"done": "32", "failed": "31", "cancelled": "33", "processing": "36",

@@ -17,6 +17,7 @@ from cesard.ctl.common import (
     ago,
     colour,
     daemon_alive,
+    dumps,
     emit,
     fmt_age,
     load_json,
@@ -226,7 +227,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             if r["id"] == args.id:
                 data["progress"] = r
     if args.json or not tty():
-        print(json.dumps(data, indent=2, ensure_ascii=False))  # what scripts read
+        print(dumps(data))  # what scripts read
     else:
         print(show_text(data))
     return EX_OK
@@ -238,14 +239,16 @@ def show_text(data: dict[str, Any]) -> str:
     res = data.get("result") or {}
     opts = res.get("options") or job.get("options") or {}
     owner = (res.get("owner") or {}).get("name") or job.get("submitter") or "-"
+    status = res.get("status")
     rows = [("job", data["id"]), ("state", data["state"] + (
-        f" ({res['status']})" if res.get("status") else "")),
+        f" ({status})" if status and status != data["state"] else "")),
         ("owner", owner), ("file", (res.get("source") or {}).get("name")
                            or job.get("source_name") or "-"),
         ("submitted", local_time(job.get("submitted_at")))]
     if opts:
-        rows.append(("options", ", ".join(f"{k}={v}" for k, v in opts.items()
-                                          if v not in (None, False, []))))
+        rows.append(("options", ", ".join(
+            f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in opts.items()
+            if v not in (None, False, []))))
     if "progress" in data:
         p = data["progress"]
         rows.append(("progress", f"{p.get('progress', 0) * 100:.0f}%"))
@@ -253,6 +256,8 @@ def show_text(data: dict[str, Any]) -> str:
         rows.append(("finished", local_time(res["finished_at"])))
     if res.get("duration"):
         rows.append(("audio", f"{res['duration']:.1f} s, language {res.get('language')}"))
+    if (res.get("language_warning") or {}).get("message"):
+        rows.append(("warning", res["language_warning"]["message"]))
     if res.get("error"):
         rows.append(("error", f"{res['error'].get('type')}: {res['error'].get('message')}"))
     if res.get("text"):
