@@ -119,3 +119,9 @@ def test_a_job_may_be_named_by_a_unique_prefix_or_suffix_of_its_id(daemon: Daemo
     assert r.returncode == 64 and a in r.stderr and b in r.stderr, r
     r = daemon.ctl("wait", a[:-1], b[-4:])
     assert r.returncode == 0, r
+
+
+def test_result_formats_are_the_renderers() -> None:
+    from cesard import ctl, outputs
+
+    assert ctl.FORMATS == tuple(outputs.RENDER)

@@ -11,12 +11,13 @@ codes follow sysexits.h; ``health`` follows the monitoring-plugin convention.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+from collections.abc import Callable
 
-from cesard import __version__, outputs
+from cesard import __version__
 from cesard import job as jobmod
-from cesard.ctl.act import cmd_cancel, cmd_health, cmd_models, cmd_prune, cmd_retry
 from cesard.ctl.common import (
     EX_SOFTWARE,
     EX_USAGE,
@@ -26,10 +27,19 @@ from cesard.ctl.common import (
     parse_duration,
     resolve_id,
 )
-from cesard.ctl.follow import cmd_follow
-from cesard.ctl.submit import cmd_result, cmd_submit, cmd_wait
-from cesard.ctl.view import cmd_list, cmd_show, cmd_status
 from cesard.spool import STATES
+
+FORMATS = ("txt", "srt", "vtt", "json")  # cesard.outputs.RENDER (a test keeps them equal)
+
+
+def command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command, imported when it runs: 'cesarctl status' does not pay for submit's."""
+    def run(args: argparse.Namespace) -> int:
+        func: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(f"cesard.ctl.{module}"), name)
+        return func(args)
+    return run
+
 
 # --- argument parsing ------------------------------------------------------------
 
@@ -77,57 +87,57 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=parse_duration, metavar="DURATION",
                    help="with --wait: give up after this long (30s, 10m, 2h; a bare number "
                    "is seconds); the job stays queued")
-    s.set_defaults(func=cmd_submit)
+    s.set_defaults(func=command("submit", "cmd_submit"))
 
     s = sub.add_parser("status", parents=[common], help="daemon and queue status")
-    s.set_defaults(func=cmd_status)
+    s.set_defaults(func=command("view", "cmd_status"))
     s = sub.add_parser("list", parents=[common], help="list jobs",
                        description="List jobs. On a terminal, a table; into a pipe, one job "
                        "a line, tab-separated: ID STATE STATUS FILE OWNER (STATUS: queued, "
                        "settling, waiting, running, retrying, done, failed or cancelled; ID "
                        "'-' for a bare file not yet claimed); --json: a JSON list.")
     s.add_argument("--state", choices=STATES)
-    s.set_defaults(func=cmd_list)
+    s.set_defaults(func=command("view", "cmd_list"))
     s = sub.add_parser("show", parents=[common], help="a job's details")
     s.add_argument("id")
-    s.set_defaults(func=cmd_show)
+    s.set_defaults(func=command("view", "cmd_show"))
     s = sub.add_parser("result", parents=[common], help="print a finished job's transcript")
     s.add_argument("id")
-    s.add_argument("--format", choices=outputs.RENDER, default="txt")
-    s.set_defaults(func=cmd_result)
+    s.add_argument("--format", choices=FORMATS, default="txt")
+    s.set_defaults(func=command("submit", "cmd_result"))
     s = sub.add_parser("follow", parents=[common],
                        help="print a job's segments as they are transcribed, then its state "
                        "(exit 0 done, 65 failed)")
     s.add_argument("id")
     s.add_argument("--timeout", type=parse_duration, metavar="DURATION",
                    help="give up after this long (default: follow until it ends)")
-    s.set_defaults(func=cmd_follow)
+    s.set_defaults(func=command("follow", "cmd_follow"))
     s = sub.add_parser("wait", parents=[common], help="wait until jobs finish")
     s.add_argument("ids", nargs="+", metavar="ID")
     s.add_argument("--timeout", type=parse_duration, metavar="DURATION",
                    help="give up after this long (30s, 10m, 2h; default: wait for ever)")
-    s.set_defaults(func=cmd_wait)
+    s.set_defaults(func=command("submit", "cmd_wait"))
     s = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
     s.add_argument("id")
     s.add_argument("--timeout", type=parse_duration, default=10.0, metavar="DURATION",
                    help="how long to wait for the daemon's answer (default 10s)")
-    s.set_defaults(func=cmd_cancel)
+    s.set_defaults(func=command("act", "cmd_cancel"))
     s = sub.add_parser("retry", parents=[common], help="queue a failed job again")
     s.add_argument("id")
     s.add_argument("--timeout", type=parse_duration, default=10.0, metavar="DURATION",
                    help="how long to wait for the daemon's answer (default 10s)")
-    s.set_defaults(func=cmd_retry)
+    s.set_defaults(func=command("act", "cmd_retry"))
     s = sub.add_parser("prune", parents=[common], help="remove old finished jobs")
     s.add_argument("--older-than", type=parse_duration, required=True, metavar="DURATION")
     s.add_argument("--state", choices=("done", "failed"))
     s.add_argument("--dry-run", action="store_true")
-    s.set_defaults(func=cmd_prune)
+    s.set_defaults(func=command("act", "cmd_prune"))
     s = sub.add_parser("models", parents=[common],
                        help="models: name, languages, size on disk, path, workers holding it")
-    s.set_defaults(func=cmd_models)
+    s.set_defaults(func=command("act", "cmd_models"))
     s = sub.add_parser("health", parents=[common],
                        help="one line; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")
-    s.set_defaults(func=cmd_health)
+    s.set_defaults(func=command("act", "cmd_health"))
     return p
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from cesard import config as configmod
 from cesard import job as jobmod
-from cesard import outputs
 from cesard.spool import (
     STATES,
     Spool,
@@ -286,6 +285,8 @@ def dumps(data: Any) -> str:
 def render(result: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return dumps(result)
+    from cesard import outputs
+
     out = outputs.RENDER[fmt](result)
     return out[:-1] if out.endswith("\n") else out
 
