@@ -89,6 +89,16 @@ class Group:
     lines: list[tuple[str, str]] = field(default_factory=list)  # ("text" | "pre", line)
     keys: list[tuple[str, str]] = field(default_factory=list)  # (key, default)
 
+    def blocks(self) -> list[tuple[str, list[str]]]:
+        """The comment as ("text", [line]) and ("pre", [lines shown as they are])."""
+        out: list[tuple[str, list[str]]] = []
+        for kind, text in self.lines:
+            if kind == "pre" and out and out[-1][0] == "pre":
+                out[-1][1].append(text)
+            else:
+                out.append((kind, [text]))
+        return out
+
 
 def config_groups() -> list[Group]:
     """The paragraphs of packaging/cesard.yaml that name keys, in order: every comment
@@ -131,16 +141,8 @@ def config_markdown() -> str:
     for g in config_groups():
         out += ["## " + ", ".join(f"`{k}`" for k, _ in g.keys), "", "```yaml"]
         out += [f"{k}: {d}" for k, d in g.keys] + ["```", ""]
-        pre: list[str] = []
-        for kind, text in g.lines + [("end", "")]:
-            if kind == "pre":
-                pre.append(text)
-                continue
-            if pre:
-                out += ["```", *pre, "```"]
-                pre = []
-            if kind == "text":
-                out.append(text)
+        for kind, lines in g.blocks():
+            out += ["```", *lines, "```"] if kind == "pre" else lines
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
@@ -157,16 +159,9 @@ def config_manpage(date: str) -> str:
     for g in config_groups():
         out += [".TP", ", ".join(f"\\fB{k}\\fR (default: {_roff(d) or 'none'})"
                                  for k, d in g.keys)]
-        pre: list[str] = []
-        for kind, text in g.lines + [("end", "")]:
-            if kind == "pre":
-                pre.append(text)
-                continue
-            if pre:
-                out += [".RS", ".nf", *(_roff(x) for x in pre), ".fi", ".RE"]
-                pre = []
-            if kind == "text":
-                out.append(_roff(text))
+        for kind, lines in g.blocks():
+            roff = [_roff(x) for x in lines]
+            out += [".RS", ".nf", *roff, ".fi", ".RE"] if kind == "pre" else roff
     out += [".SH FILES", "/etc/cesar/cesard.yaml", '.SH "SEE ALSO"', "cesard(8), cesarctl(1)"]
     return "\n".join(x for x in out if x is not None) + "\n"
 

@@ -67,26 +67,28 @@ def locate_to_act(spool: Spool, job_id: str, action: str) -> str:
                        EX_NOPERM) from None
 
 
-def cmd_cancel(args: argparse.Namespace) -> int:
+def _act(args: argparse.Namespace, action: str, status: str) -> int:
+    """cancel (a queued or running job) or retry (a failed one): exit 1 when there is
+    nothing to do, else the daemon's answer."""
     spool, _ = open_spool(args)
-    state = locate_to_act(spool, args.id, "cancel")
-    if state in ("done", "failed"):
+    state = locate_to_act(spool, args.id, action)
+    if action == "cancel" and state in ("done", "failed"):
         raise CtlError(f"job {args.id} already finished (in {state}/); nothing to cancel",
                        EX_NOTHING)
-    _request(spool, "cancel", args.id, args.timeout)
-    emit({"id": args.id, "status": "cancelled"}, args, args.id)
+    if action == "retry" and state != "failed":
+        raise CtlError(f"job {args.id} is in {state}/; only failed jobs can be retried",
+                       EX_NOTHING)
+    _request(spool, action, args.id, args.timeout)
+    emit({"id": args.id, "status": status}, args, args.id)
     return EX_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    return _act(args, "cancel", "cancelled")
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    spool, _ = open_spool(args)
-    state = locate_to_act(spool, args.id, "retry")
-    if state != "failed":
-        raise CtlError(f"job {args.id} is in {state}/; only failed jobs can be retried",
-                       EX_NOTHING)
-    _request(spool, "retry", args.id, args.timeout)
-    emit({"id": args.id, "status": "queued"}, args, args.id)
-    return EX_OK
+    return _act(args, "retry", "queued")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
