@@ -133,6 +133,9 @@ def test_install_submit_upgrade_remove_purge(debs: Path) -> None:
         assert c.show("cesard.service", "ActiveState")["ActiveState"] in ("inactive", "")
         assert c.run("test -f /etc/cesar/cesard.yaml && test -d /var/spool/cesar/done",
                      check=False).returncode == 0
+        # Nothing of the program is left, not even the bytecode Python wrote as it ran.
+        assert c.run("test -e /opt/cesard", check=False).returncode != 0, \
+            c.run("find /opt/cesard | head -20", check=False).stdout
         # Purge: configuration gone; the spool holds jobs, so it stays, and says so.
         r = c.run("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q cesard", check=False)
         assert r.returncode == 0, r.stdout + r.stderr
