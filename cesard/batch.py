@@ -50,6 +50,7 @@ class Clip:
     samples: Any
     duration: float
     rec: dict[str, Any] = field(default_factory=dict)  # tokenizer, options, features, results
+    name: str = ""  # the audio file's name, as messages show it
     info: Any = None
     segments: Any = None
 
@@ -268,10 +269,16 @@ def _advance(model: Any, row: Row, output: dict[str, Any]) -> int:
 
 
 def _finished(clip: Clip, repeats: Callable[[str], int], loop_repeats: int) -> Outcome:
+    """The clip's segments as the single-job path gives them; its mean log-probability
+    per token goes to ``rec["confidence"]`` (None: no text)."""
     out = []
+    tokens, logprob = 0, 0.0
     for seg in clip.segments:
+        tokens += len(seg.tokens)
+        logprob += seg.avg_logprob * len(seg.tokens)
         out.append({"start": seg.start, "end": seg.end, "text": seg.text.strip(),
                     "words": None})
         if repeats(seg.text) >= loop_repeats:
             return clip, None, None  # the single-job path decodes it again, guarded
+    clip.rec["confidence"] = logprob / tokens if tokens else None
     return clip, out, clip.info

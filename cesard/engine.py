@@ -329,7 +329,13 @@ class WhisperEngine:
             if segments is None:
                 yield clip, None
                 continue
+            warning = None
+            if options.language is None:
+                warning = self.language_check(jobmod.display_name(clip.name or clip.id),
+                                              options.model,
+                                              clip.samples, clip.rec.get("confidence"))
             yield clip, {
+                "language_warning": warning,
                 "text": " ".join(s["text"] for s in segments).strip(),
                 "segments": segments, "language": info.language,
                 "language_probability": round(float(info.language_probability or 0.0), 4),

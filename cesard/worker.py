@@ -198,7 +198,7 @@ class Worker:
             self.send({"op": "progress", "id": job_id, "fraction": 0.0, "duration": duration})
             by_id[job_id], sources[job_id] = msg, source
             groups.setdefault(batch.text_key(options), []).append(
-                Clip(job_id, options, samples, duration))
+                Clip(job_id, options, samples, duration, name=str(msg["name"])))
 
         def progress(clip: Clip, fraction: float) -> None:
             self.send({"op": "progress", "id": clip.id, "fraction": round(fraction, 4)})

@@ -112,3 +112,26 @@ def test_batching_keeps_the_closing_words_of_real_speech(whisper_daemon: Daemon)
     assert re.search(r"(seven|7) of clubs\W*$", tail["text"].lower()), tail["text"]
     assert tail["segments"][-1]["end"] > 12.5, tail["segments"]  # in the file's time
     assert "weather today is sunny" in weather["text"].lower()
+
+
+def test_batched_jobs_say_when_tiny_en_was_unsure_of_another_language(
+        whisper_daemon: Daemon) -> None:
+    """The batched path checks as the single-job path does."""
+    import signal
+
+    whisper_daemon.signal(signal.SIGSTOP)
+    try:
+        ids = [whisper_daemon.ctl("submit", str(FIXTURES / f)).stdout.strip()
+               for f in ("german.wav", "weather.wav")]
+    finally:
+        whisper_daemon.signal(signal.SIGCONT)
+    german, weather = (whisper_daemon.wait_result(i, 120) for i in ids)
+    assert german["decoding"]["batch_jobs"] == 2, german["decoding"]
+    w = german["language_warning"]
+    assert w is not None and w["mean_logprob"] < -0.9, w
+    assert w["message"].startswith("german.wav"), w
+    # base is installed with the test extra: it names the language; without it the
+    # warning says to configure a multilingual model
+    assert (w["detected"] == "de" and "--model base" in w["message"]) or \
+        (w["detected"] is None and "multilingual model" in w["message"]), w
+    assert weather["language_warning"] is None
