@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from helpers import FIXTURES, Daemon
+
+
+def batched(d: Daemon, *fixtures: str) -> list[dict[str, Any]]:
+    """The results of ``fixtures`` submitted while the daemon is stopped (SIGSTOP), so
+    that they are queued together and decoded in one batch."""
+    import signal
+
+    d.signal(signal.SIGSTOP)
+    try:
+        ids = [d.ctl("submit", str(FIXTURES / f)).stdout.strip() for f in fixtures]
+    finally:
+        d.signal(signal.SIGCONT)
+    return [d.wait_result(i, 120) for i in ids]
 
 
 def words(text: str) -> list[str]:
@@ -97,15 +111,7 @@ def test_batching_keeps_the_closing_words_of_real_speech(whisper_daemon: Daemon)
     Decoded in one batch with another job, its closing phrase must be there, as the
     unbatched path has it; faster-whisper's batched pipeline (and cesard's batching
     before issue 21) ended the text at the pause."""
-    import signal
-
-    whisper_daemon.signal(signal.SIGSTOP)
-    try:
-        ids = [whisper_daemon.ctl("submit", str(FIXTURES / f)).stdout.strip()
-               for f in ("voicemail-tail.flac", "weather.wav")]
-    finally:
-        whisper_daemon.signal(signal.SIGCONT)
-    tail, weather = (whisper_daemon.wait_result(i, 120) for i in ids)
+    tail, weather = batched(whisper_daemon, "voicemail-tail.flac", "weather.wav")
     assert tail["status"] == "done" and tail["decoding"]["batch_jobs"] == 2, tail
     w = words(tail["text"])
     assert w[:3] == ["the", "first", "books"] and "satisfactorily" in w, tail["text"]
@@ -117,15 +123,7 @@ def test_batching_keeps_the_closing_words_of_real_speech(whisper_daemon: Daemon)
 def test_batched_jobs_say_when_tiny_en_was_unsure_of_another_language(
         whisper_daemon: Daemon) -> None:
     """The batched path checks as the single-job path does."""
-    import signal
-
-    whisper_daemon.signal(signal.SIGSTOP)
-    try:
-        ids = [whisper_daemon.ctl("submit", str(FIXTURES / f)).stdout.strip()
-               for f in ("german.wav", "weather.wav")]
-    finally:
-        whisper_daemon.signal(signal.SIGCONT)
-    german, weather = (whisper_daemon.wait_result(i, 120) for i in ids)
+    german, weather = batched(whisper_daemon, "german.wav", "weather.wav")
     assert german["decoding"]["batch_jobs"] == 2, german["decoding"]
     w = german["language_warning"]
     assert w is not None and w["mean_logprob"] < -0.9, w
