@@ -206,8 +206,8 @@ class Control:
             self.jobs.finish(job, "cancelled", None, None,
                              jobmod.Cancelled("cancelled by request while running"), now)
             return "cancelled while running"
-        held = self.dispatcher.held
-        if held is not None and held.id == job_id:
+        held = self.dispatcher.held_job(job_id)
+        if held is not None:
             self._authorize(job_id, held.meta.owner, sender, "cancel")
             self.dispatcher.cancel_held(job_id)
             self.jobs.finish(held, "cancelled", None, None,

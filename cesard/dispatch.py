@@ -86,6 +86,15 @@ class Dispatcher:
     def served(self, job_id: str) -> None:
         self.solo.discard(job_id)
 
+    def held_job(self, job_id: str) -> Running | None:
+        """The exclusive job waiting for the others, if it is ``job_id``."""
+        return self.held if self.held is not None and self.held.id == job_id else None
+
+    @property
+    def holding(self) -> bool:
+        """An exclusive job waits for the others (it counts as processing)."""
+        return self.held is not None
+
     def cancel_held(self, job_id: str) -> Running | None:
         """The exclusive job waiting for the others, if it is ``job_id``: no longer held."""
         if self.held is None or self.held.id != job_id:

@@ -39,10 +39,10 @@ class Intake:
         self.changed = changed
         self.index = QueueIndex()
         self.deferred: dict[str, float] = {}  # name → when its retry is due (loop time)
-        # incoming/ entries the daemon may not take, by name → st_ctime_ns when refused;
-        # a chmod (IN_ATTRIB) or any other change of ctime brings them back.
-        self.refused: dict[str, int] = {}
-        self.refused_why: dict[str, str] = {}  # what its owner can do (the log's words)
+        # incoming/ entries the daemon may not take, by name → (st_ctime_ns when refused,
+        # what its owner can do); a chmod (IN_ATTRIB) or any other change of ctime brings
+        # them back.
+        self.refused: dict[str, tuple[int, str]] = {}
         self.changes = 0  # counts what may change a member's view (cesard.owners)
         self.listing: Iterator[str] | None = None  # the start-up listing, until indexed
         self.listing_since = 0.0
@@ -68,8 +68,7 @@ class Intake:
             return
         if name not in self.refused:
             log.warning("%s; it stays in incoming/ and is taken once that is fixed", why)
-        self.refused[name] = ctime
-        self.refused_why[name] = why
+        self.refused[name] = (ctime, why)
         self.changes += 1
 
     def forget(self, name: str) -> None:
@@ -121,16 +120,15 @@ class Intake:
         if entry is None:
             self.index.discard(name)
             self.refused.pop(name, None)
-            self.refused_why.pop(name, None)
             return
         if name in self.refused:
             try:
-                if os.lstat(self.spool.dir("incoming") / name).st_ctime_ns == self.refused[name]:
+                if os.lstat(self.spool.dir("incoming") / name).st_ctime_ns == \
+                        self.refused[name][0]:
                     return  # unchanged since it was refused
             except FileNotFoundError:
                 return
             del self.refused[name]
-            self.refused_why.pop(name, None)
         if settled or (entry.is_dir and
                        os.path.lexists(self.spool.dir("incoming") / name / "job.json")):
             # A job dir is published whole by rename; one made in place (mkdir, cp -r)
@@ -167,7 +165,6 @@ class Intake:
             self.index.pending.pop(gone, None)
         for gone in set(self.refused) - names:
             del self.refused[gone]
-            self.refused_why.pop(gone, None)
         self.changes += 1
         self.quarantine.forget("incoming", names)
         known = self.index.names()
@@ -203,6 +200,20 @@ class Intake:
         """Entries of incoming/: indexed, settling, and refused (they stay there)."""
         return (len(self.index) + len(self.index.pending)
                 + sum(1 for n in self.refused if n not in self.index))
+
+    def state(self) -> tuple[int, int, int, int]:
+        """Changes only when what members' views show may have changed."""
+        return self.changes, len(self.index), len(self.index.pending), len(self.refused)
+
+    def queued_entries(self) -> list[Entry]:
+        """Indexed entries of incoming/ (no order)."""
+        return self.index.entries()
+
+    def unqueued(self) -> dict[str, str]:
+        """Entries of incoming/ not indexed: settling ("") or refused (what to do)."""
+        out = dict.fromkeys(self.index.pending, "")
+        out.update((n, why) for n, (_, why) in self.refused.items() if n not in self.index)
+        return out
 
     def empty(self) -> bool:
         return (self.listing is None and not len(self.index) and not self.index.pending

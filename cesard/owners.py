@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from cesard import job as jobmod
+from cesard.entries import PRIORITY_RANK
 from cesard.fsops import write_atomic
 from cesard.hosts import OWNERS, view_path
 from cesard.intake import Intake
@@ -29,6 +30,7 @@ from cesard.spool import Spool
 
 log = logging.getLogger("cesard")
 
+PRIORITY_NAME = {rank: name for name, rank in PRIORITY_RANK.items()}
 EVERY_S = 1.0
 MAX_ROWS = 10_000  # a member's view lists at most this many entries (it says how many)
 
@@ -47,8 +49,7 @@ class OwnerViews:
     def step(self, now: float) -> None:
         if self.guard is None or now < self.next:
             return
-        q = self.intake
-        seen = (q.changes, len(q.index), len(q.index.pending), len(q.refused))
+        seen = self.intake.state()
         if seen == self.seen:
             return
         self.next = now + EVERY_S
@@ -61,15 +62,14 @@ class OwnerViews:
 
     def views(self) -> dict[int, list[dict[str, Any]]]:
         """uid → that member's entries of incoming/."""
-        q = self.intake
         out: dict[int, list[dict[str, Any]]] = {}
-        for e in q.index.entries():
+        for e in self.intake.queued_entries():
             out.setdefault(e.owner, []).append({
                 "name": jobmod.display_name(e.name), "id": e.name if e.is_dir else None,
-                "state": "queued", "priority": ("high", "normal", "low")[e.key[0]],
+                "state": "queued", "priority": PRIORITY_NAME[e.key[0]],
                 "submitted_at": e.key[1]})
         incoming = self.spool.dir("incoming")
-        for name in [*q.index.pending, *(n for n in q.refused if n not in q.index)]:
+        for name, why in self.intake.unqueued().items():
             try:
                 st = os.lstat(incoming / name)
             except OSError:
@@ -77,8 +77,8 @@ class OwnerViews:
             row: dict[str, Any] = {"name": jobmod.display_name(name), "id": None,
                                    "state": "settling",
                                    "submitted_at": jobmod.iso(st.st_mtime)}
-            if name in q.refused:
-                row.update(state="waiting", why=q.refused_why.get(name, ""))
+            if why:
+                row.update(state="waiting", why=why)
             out.setdefault(st.st_uid, []).append(row)
         return out
 

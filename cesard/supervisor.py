@@ -288,7 +288,7 @@ class Supervisor:
 
     def _drained(self) -> bool:
         return (self.intake.empty() and not self.pool.busy()
-                and self.dispatcher.held is None and not self.hooks.busy
+                and not self.dispatcher.holding and not self.hooks.busy
                 and not self.sources.busy)
 
     def _stop_step(self, now: float) -> None:
@@ -316,7 +316,7 @@ class Supervisor:
             model=cfg.job_defaults().model, device=self.placement.device,
             compute_type=self.placement.compute_type, workers=self.pool.workers,
             model_infos=self.settings.model_infos, incoming=self.intake.waiting(),
-            held=self.dispatcher.held is not None, deferred=len(self.intake.deferred),
+            held=self.dispatcher.holding, deferred=len(self.intake.deferred),
             on_disk=self.jobs.on_disk, oldest_key=self.intake.index.oldest_key(),
             indexing=self.intake.indexing, finished=self.metrics.finished,
             disk_full=self.storage.full_logged, queue_capacity=cfg.queue_capacity,
