@@ -53,7 +53,8 @@ class WorkerProc:
 
     def to_status(self) -> dict[str, Any]:
         return {"pid": self.pid, "ready": self.ready,
-                "job": next(iter(self.jobs), None), "jobs": list(self.jobs),
+                "job": next((i for i, j in self.jobs.items() if j.begun), None),
+                "jobs": list(self.jobs),
                 "device": self.device, "models": list(self.models)}
 
 

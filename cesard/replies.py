@@ -116,7 +116,12 @@ class Replies:
         job = w.jobs.get(str(msg.get("id")))
         if job is None:
             return  # cancelled while its batch went on
+        if op == "begin":
+            job.begun = True
+            self.changed(True)
+            return
         if op == "progress":
+            job.begun = True
             job.fraction = float(msg.get("fraction", 0.0))
             if msg.get("duration") is not None:
                 job.duration = float(msg["duration"])

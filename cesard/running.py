@@ -27,3 +27,4 @@ class Running:
     fraction: float = 0.0
     duration: float | None = None
     hashing: Future[Any] | None = None  # dedupe: its audio is being looked up (a Match)
+    begun: bool = False  # its worker has begun it (until then it waits behind another job)

@@ -61,14 +61,20 @@ class Facts:
 
 def snapshot(f: Facts, now: float) -> dict[str, Any]:
     """The content of status.json now."""
-    running = []
+    running: list[dict[str, Any]] = []
+    waiting: list[dict[str, Any]] = []
     for w in f.workers:
         for j in w.jobs.values():
+            shown = None if f.private_names else jobmod.display_name(j.audio)
+            if not j.begun:  # handed to a worker that is busy with another of its jobs
+                waiting.append({"id": j.id, "file": shown, "worker": w.pid,
+                                "claimed_at": j.started_at,
+                                "waited_s": round(now - j.started, 1)})
+                continue
             elapsed = now - j.started
             eta = None
             if j.fraction > 0.01:
                 eta = round(elapsed * (1 - j.fraction) / j.fraction, 1)
-            shown = None if f.private_names else jobmod.display_name(j.audio)
             running.append({"id": j.id, "file": shown,
                             "worker": w.pid, "progress": round(j.fraction, 4),
                             "started_at": j.started_at, "elapsed_s": round(elapsed, 1),
@@ -86,10 +92,11 @@ def snapshot(f: Facts, now: float) -> dict[str, Any]:
         "models": [dict(m.to_dict(), workers=[w.pid for w in f.workers
                                               if m.name in w.models])
                    for m in f.model_infos],
-        "running": running,
+        "running": running,  # begun by a worker
+        "waiting": waiting,  # claimed for a worker that is busy with another of them
         # incoming/: indexed, settling, and refused (they stay there until fixed)
         "queue": {"incoming": f.incoming,
-                  "processing": len(running) + (1 if f.held else 0),
+                  "processing": len(running) + len(waiting) + (1 if f.held else 0),
                   "deferred": f.deferred, "done": f.on_disk["done"],
                   "failed": f.on_disk["failed"]},
         "oldest_queued_age_s": oldest_age,
@@ -106,6 +113,8 @@ def line(st: dict[str, Any]) -> str:
     parts = [f"{q['incoming']} queued", f"{q['deferred']} deferred"]
     for r in st["running"]:
         parts.append(f"{r['id']} {r['progress'] * 100:.0f}%")
+    if st.get("waiting"):
+        parts.append(f"{len(st['waiting'])} waiting for a worker")
     if not st["running"]:
         parts.insert(0, "idle")
     return "; ".join(parts)

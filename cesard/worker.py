@@ -11,6 +11,7 @@ and reads from the file descriptor given by ``--reply-fd``::
 
     {"op": "ready", "pid": PID, "models": [...]}      models loaded
     {"op": "fatal", "error": {...}}                   could not start; exits
+    {"op": "begin", "id": ID}                         work on it begins (until then it waits)
     {"op": "progress", "id": ID, "fraction": F}       at most every 0.5 s
     {"op": "done", "id": ID, "transcript": {...}, "source": {...}, "transcribe_s": S}
     {"op": "error", "id": ID, "error": {...}, "source": {...} | null}
@@ -133,6 +134,7 @@ class Worker:
                 self.send({"op": "progress", "id": job_id, "fraction": round(fraction, 4)})
 
         start = time.monotonic()
+        self.send({"op": "begin", "id": job_id})
         try:
             options = jobmod.parse_options(msg["options"])
             audio, source = open_audio(msg["audio"], msg["name"])
@@ -205,6 +207,8 @@ class Worker:
 
         for clips in groups.values():
             pending = {c.id for c in clips}
+            for c in clips:  # decoded together from here (the others wait for their turn)
+                self.send({"op": "begin", "id": c.id})
             try:
                 for clip, transcript in self.engine.transcribe_many(clips, progress):
                     pending.discard(clip.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -186,3 +187,24 @@ class Daemon:
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.kill_all()
+
+
+def on_terminal(d: Daemon, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run cesarctl with stdout on a pseudo-terminal (as a person sees it)."""
+    master, slave = pty.openpty()
+    p = subprocess.Popen([str(BIN / "cesarctl"), "--spool", str(d.spool), *args],
+                         stdout=slave, stderr=subprocess.PIPE,
+                         env={**d.env, "COLUMNS": "200", **(env or {})})
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    code = p.wait(30)
+    return code, out.decode().replace("\r\n", "\n")

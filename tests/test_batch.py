@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from helpers import Daemon, fake_script, wait_until
+from helpers import Daemon, fake_script, on_terminal, wait_until
 
 from cesard import job as jobmod
 
@@ -138,3 +138,26 @@ def test_long_audio_in_a_batch_runs_alone_after_the_short_ones(
     assert s1["decoding"]["batch_jobs"] == s2["decoding"]["batch_jobs"] == 2
     assert long["status"] == "done" and long["decoding"] is None  # the single-job path
     assert jobmod.parse_iso(long["finished_at"]) >= jobmod.parse_iso(s2["finished_at"])
+
+
+def test_a_job_waiting_behind_its_batch_is_shown_waiting_not_running(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """Issue 23.8: a job claimed for a busy worker is "waiting", not "running … 0%"."""
+    d = make_daemon(batch_size=4).start()
+    short, long = queue_while_stopped(d, [
+        ("short.wav", fake_script(sleep=3, text="short"), ()),
+        ("long.wav", fake_script(sleep=1, duration=100, text="long"), ())])  # runs alone after
+    wait_until(lambda: [r["id"] for r in (d.status() or {}).get("running") or []] == [short],
+               10, "the short job to run")
+    st = d.status() or {}
+    assert [r["id"] for r in st["waiting"]] == [long]
+    assert st["queue"]["processing"] == 2
+    code, out = on_terminal(d, "status")
+    assert f"running: {short}" in out and f"waiting: {long}" in out, out
+    assert f"running: {long}" not in out
+    code, out = on_terminal(d, "list", env={"NO_COLOR": "1"})
+    listed = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line}
+    assert listed[short] == "processing" and listed[long] == "waiting", out
+    wait_until(lambda: [r["id"] for r in (d.status() or {}).get("running") or []] == [long],
+               20, "the long job to run once the batch is done")
+    assert d.wait_result(long, 20)["status"] == "done"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import pwd
 import re
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import BIN, Daemon, fake_script, wait_until
+from helpers import BIN, Daemon, fake_script, on_terminal, wait_until
 
 ME = pwd.getpwuid(os.geteuid()).pw_name  # the owner of what the tests submit
 
@@ -212,27 +211,6 @@ def test_drain_exits_1_if_a_job_failed_after_finishing_the_rest(
 
 
 # --- cesarctl status -----------------------------------------------------------------
-
-def on_terminal(d: Daemon, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """Run cesarctl with stdout on a pseudo-terminal (as a person sees it)."""
-    master, slave = pty.openpty()
-    p = subprocess.Popen([str(BIN / "cesarctl"), "--spool", str(d.spool), *args],
-                         stdout=slave, stderr=subprocess.PIPE,
-                         env={**d.env, "COLUMNS": "200", **(env or {})})
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the other side is closed
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(master)
-    code = p.wait(30)
-    return code, out.decode().replace("\r\n", "\n")
-
 
 def test_status_shows_daemon_workers_running_job_and_queue(
         make_daemon: Callable[..., Daemon]) -> None:

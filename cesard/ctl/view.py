@@ -127,6 +127,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             eta = f", ETA {fmt_age(r['eta_s'])}" if r.get("eta_s") is not None else ""
             file = f" {r['file']}" if r.get("file") else ""
             lines.append(f"running: {r['id']}{file} {r['progress'] * 100:.0f}%{eta}")
+        for r in st.get("waiting", []):
+            file = f" {r['file']}" if r.get("file") else ""
+            lines.append(f"waiting: {r['id']}{file} for worker {r['worker']}, busy with "
+                         f"another job ({fmt_age(r['waited_s'])})")
     print("\n".join(lines))
     return EX_OK if alive else EX_DOWN
 
@@ -182,7 +186,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.json:
             emit(dicts, args)
             return EX_OK
-        running = {r["id"]: r for r in (read_status(spool) or {}).get("running", [])}
+        st = read_status(spool) or {}
+        running = {r["id"]: r for r in st.get("running", [])}
+        running.update({r["id"]: dict(r, waiting=True) for r in st.get("waiting", [])})
         print(table(dicts, running) if dicts else "no jobs")
         for r in dicts:
             if r.get("waiting"):
@@ -202,7 +208,10 @@ def table(rows: list[dict[str, Any]], running: dict[str, dict[str, Any]]) -> str
     out = []
     for r in rows:
         state = r.get("status") or r["state"]
-        prog = running.get(r["id"] or "", {}).get("progress")
+        live = running.get(r["id"] or "", {})
+        prog = live.get("progress")
+        if live.get("waiting"):
+            state = "waiting"  # claimed for a worker that is busy with another job
         out.append([r["id"] or "-", colour(state, state), r.get("owner") or "-",
                     r.get("file") or "-",
                     f"{r['duration']:.0f} s" if r.get("duration") else "-",
@@ -226,6 +235,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         for r in st.get("running", []):
             if r["id"] == args.id:
                 data["progress"] = r
+        for r in st.get("waiting", []):
+            if r["id"] == args.id:
+                data["waiting"] = r
     if args.json or not tty():
         print(dumps(data))  # what scripts read
     else:
@@ -252,6 +264,9 @@ def show_text(data: dict[str, Any]) -> str:
     if "progress" in data:
         p = data["progress"]
         rows.append(("progress", f"{p.get('progress', 0) * 100:.0f}%"))
+    if "waiting" in data:
+        rows.append(("progress", f"waiting for worker {data['waiting']['worker']}, busy "
+                                 "with another job"))
     if res.get("finished_at"):
         rows.append(("finished", local_time(res["finished_at"])))
     if res.get("duration"):
