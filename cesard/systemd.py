@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
-
-import sdnotify
 
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
             logging.CRITICAL: 2}
@@ -58,13 +57,31 @@ def setup_logging(level: str = "info", name: str = "cesard",
     root.setLevel(level.upper())
 
 
+class NotifySocket:
+    """The sd_notify(3) protocol: one datagram of ``KEY=VALUE`` lines to the unix socket
+    named by ``NOTIFY_SOCKET`` (``@NAME``: the abstract namespace). Written here, a dozen
+    lines, because the binding on PyPI (sdnotify) ships no wheel and is no longer
+    maintained; systemd's own (python-systemd) needs a compiler."""
+
+    def __init__(self, address: str) -> None:
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    def notify(self, text: str) -> None:
+        try:
+            self.sock.sendto(text.encode(), self.address)
+        except OSError:
+            pass  # systemd is gone or the socket is not ours: nothing to tell
+
+
 class Notifier:
     """sd_notify when ``NOTIFY_SOCKET`` is set; otherwise every call is a no-op."""
 
     def __init__(self, ready_fd: int | None = None) -> None:
         self.ready_fd = ready_fd  # --detach: the launcher waits for "ready" on this pipe
-        self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
-        self._n = sdnotify.SystemdNotifier() if self.enabled else None
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        self.enabled = bool(address)
+        self._n = NotifySocket(address) if self.enabled else None
         self.watchdog_interval: float | None = None
         usec = os.environ.get("WATCHDOG_USEC")
         wpid = os.environ.get("WATCHDOG_PID")

