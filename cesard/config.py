@@ -89,6 +89,7 @@ class Config:
     hooks: dict[str, Any] = field(default_factory=dict)  # done, failed: argv lists; named
     hook_timeout: float = 300.0  # seconds a hook may run before it is killed
     max_running_hooks: int = 4  # hooks running at once (more wait their turn)
+    language_fallback: bool = True  # jobs naming no model may go to a multilingual one
     dedupe: bool = False  # reuse the result of a done job with the same audio and options
     metrics_textfile: str | None = None
     log_level: str = "info"
@@ -248,6 +249,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "hook_timeout": _num(1, 86400),
     "max_running_hooks": _num(1, 256, integer=True),
     "dedupe": lambda v: None if isinstance(v, bool) else "must be true or false",
+    "language_fallback": lambda v: None if isinstance(v, bool) else "must be true or false",
     "metrics_textfile": lambda v: None if v is None or (isinstance(v, str) and v) else
     "must be a file path or null",
     "log_level": _choice(("debug", "info", "warning", "error")),

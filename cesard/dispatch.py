@@ -272,7 +272,7 @@ class Dispatcher:
             job.started_at = jobmod.iso(self.clock.shown(now))
             msgs.append({"op": "job", "id": job.id, "audio": str(job.path / job.audio),
                          "name": job.audio, "segments": str(job.path / SEGMENTS),
-                         "options": job.options.to_dict()})
+                         "options": job.options.to_dict(), "fallback_model": job.fallback})
         w.batched = len(jobs) > 1
         line: dict[str, Any]
         if batched:

@@ -216,6 +216,8 @@ class WhisperEngine:
                                      f"'cesarctl retry'; report it if it fails again): "
                                      f"{type(e).__name__}: {e}") from e
         progress(1.0, None)
+        # the decoder's mean log-probability per token: how sure the model was of the text
+        decoding["mean_logprob"] = None if confidence is None else round(confidence, 3)
         if (offset or clip) and resume is not None:
             out = resume.segments + out
         language, probability = known or (info.language, info.language_probability)
@@ -334,6 +336,7 @@ class WhisperEngine:
                 warning = self.language_check(jobmod.display_name(clip.name or clip.id),
                                               options.model,
                                               clip.samples, clip.rec.get("confidence"))
+            confidence = clip.rec.get("confidence")
             yield clip, {
                 "language_warning": warning,
                 "text": " ".join(s["text"] for s in segments).strip(),
@@ -341,7 +344,8 @@ class WhisperEngine:
                 "language_probability": round(float(info.language_probability or 0.0), 4),
                 "duration": round(clip.duration, 3), "resumed_from": 0.0,
                 "engine": self._info(options.model, batch_size),
-                "decoding": decoding,
+                "decoding": dict(decoding, mean_logprob=None if confidence is None
+                                 else round(float(confidence), 3)),
             }
 
     def _decode(self, model: Any, samples: Any, duration: float, options: JobOptions,

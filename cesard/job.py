@@ -208,6 +208,21 @@ def check_language(options: JobOptions, english: bool) -> None:
             "use a multilingual model (such as 'base')")
 
 
+def route_language(options: JobOptions, named: bool, english_only: set[str],
+                   multilingual: str | None) -> tuple[JobOptions, str | None]:
+    """Which model a job gets, and the one to fall back to, when it did not name a model
+    (``named`` false) and the default is English-only while ``multilingual`` is
+    configured: another language or a translation goes to ``multilingual`` at once; a
+    job with no language keeps the English-only model (fast, and right for English)
+    with ``multilingual`` as its fallback should the speech turn out to be another
+    language (:meth:`cesard.worker.Worker.run_job`). Otherwise the job as it is."""
+    if named or multilingual is None or options.model not in english_only:
+        return options, None
+    if options.language not in (None, "en") or options.task == "translate":
+        return replace(options, model=multilingual), None
+    return options, (multilingual if options.language is None else None)
+
+
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise InvalidOption(f"option {key!r}: {msg}")
@@ -462,6 +477,7 @@ def make_result(
         "language": t.get("language"),
         "language_probability": t.get("language_probability"),
         "language_warning": t.get("language_warning"),
+        "language_fallback": t.get("language_fallback"),
         "duration": duration,
         "text": t.get("text", ""),
         "segments": t.get("segments", []),

@@ -117,6 +117,9 @@ class Lifecycle:
                 raise c.error
             options = jobmod.parse_options(meta.options, cfg.job_defaults(),
                                            where=f"{c.id}/job.json")
+            named = isinstance(meta.options, dict) and "model" in meta.options
+            options, fallback = jobmod.route_language(
+                options, named, self.settings.english_only, self.settings.multilingual)
             if cfg.engine == "faster-whisper" and options.model not in cfg.model_dirs:
                 raise jobmod.UnknownModel(
                     f"{c.id}/job.json: model {options.model!r} is not configured (configured: "
@@ -135,7 +138,8 @@ class Lifecycle:
         timeout = cfg.job_timeout or max(120.0, 120.0 + size / 1e6)
         log.info("job=%s claimed: %s (%d bytes, priority %s, attempt %d)", c.id,
                  jobmod.display_name(audio), size, options.priority, meta.attempts + 1)
-        return Running(c.id, c.path, meta, options, audio, size, started_at, now, now + timeout)
+        return Running(c.id, c.path, meta, options, audio, size, started_at, now, now + timeout,
+                       fallback=fallback)
 
     def ours(self, job: Running, what: str) -> bool:
         """The fence before a job leaves processing/: True if we still hold its claim."""

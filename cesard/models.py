@@ -194,5 +194,12 @@ def disk_size(path: str) -> int | None:
         return None
 
 
+def multilingual(infos: list[ModelInfo]) -> str | None:
+    """The multilingual model a job without one falls back to: ``base`` when configured,
+    else the first multilingual one, else None."""
+    names = [m.name for m in infos if not m.english_only]
+    return BASE if BASE in names else (names[0] if names else None)
+
+
 def describe(models: dict[str, str]) -> list[ModelInfo]:
     return [ModelInfo(n, p, english_only(n, p), disk_size(p)) for n, p in models.items()]

@@ -27,4 +27,5 @@ class Running:
     fraction: float = 0.0
     duration: float | None = None
     hashing: Future[Any] | None = None  # dedupe: its audio is being looked up (a Match)
+    fallback: str | None = None  # the multilingual model, should the speech not be English
     begun: bool = False  # its worker has begun it (until then it waits behind another job)

@@ -12,6 +12,7 @@ class Settings:
         self.cfg = cfg
         self.model_infos: list[models.ModelInfo] = []
         self.english_only: set[str] = set()
+        self.multilingual: str | None = None  # where a job with no model falls back to
         self.replace(cfg)
 
     def replace(self, cfg: configmod.Config) -> None:
@@ -19,3 +20,5 @@ class Settings:
         self.cfg = cfg
         self.model_infos = models.describe(cfg.model_dirs)
         self.english_only = {m.name for m in self.model_infos if m.english_only}
+        self.multilingual = models.multilingual(self.model_infos) if cfg.language_fallback \
+            else None

@@ -2,7 +2,9 @@
 
 Protocol (JSON lines). The supervisor writes to the worker's stdin::
 
-    {"op": "job", "id": ID, "audio": PATH, "name": NAME, "options": {...}}
+    {"op": "job", "id": ID, "audio": PATH, "name": NAME, "options": {...},
+     "fallback_model": NAME | null}     the multilingual model, should the speech not be
+                                        English (cesard.job.route_language)
     {"op": "batch", "jobs": [{"id": ID, "audio": PATH, ...}, ...]}   short jobs, together
 
 For a batch, every job gets its own replies below, in the order they complete.
@@ -34,6 +36,8 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,6 +51,10 @@ from cesard.systemd import setup_logging
 
 log = logging.getLogger("cesard.worker")
 PR_SET_PDEATHSIG = 1
+# A job with no model is decoded again by its multilingual fallback when that model hears
+# another language at least this likely (base said 0.49 of espeak French, which the
+# English-only tiny.en was unsure of); the surer of the two texts is kept.
+FALLBACK_PROBABILITY = 0.2
 
 
 def die_with_parent() -> None:
@@ -104,6 +112,16 @@ def _open_audio(path: str, shown: str) -> tuple[BinaryIO, dict[str, Any]]:
                "sha256": h.hexdigest()}
 
 
+def fallback_reason(transcript: dict[str, Any], fallback: Any) -> dict[str, Any] | None:
+    """The language warning that sends a job to its fallback model: the English-only
+    model was unsure and the multilingual one heard another language (at p >= 0.5)."""
+    w = transcript.get("language_warning") or {}
+    if not fallback or not w.get("detected") or w["detected"] == "en" or \
+            (w.get("probability") or 0) < FALLBACK_PROBABILITY:
+        return None
+    return dict(w)
+
+
 class Worker:
     def __init__(self, engine: Engine, reply_fd: int, batch_max_seconds: float = 30.0) -> None:
         self.engine = engine
@@ -144,15 +162,56 @@ class Worker:
             if resume is not None:
                 log.info("job=%s resumes at %.1f s (%d segments kept from an earlier "
                          "attempt)", job_id, resume.at, len(resume.segments))
-            with audio, checkpoint.LiveSegments(path, want, resume) as live:
-                transcript = self.engine.transcribe(audio, msg["name"], options, progress,
-                                                    live, resume)
+            fell_back = msg.get("fell_back")  # a batch found the speech not English
+            first = msg.get("first")  # and what the English-only model made of it
+            if fell_back:
+                audio.close()
+            else:
+                with audio, checkpoint.LiveSegments(path, want, resume) as live:
+                    transcript = self.engine.transcribe(audio, msg["name"], options,
+                                                        progress, live, resume)
+                fell_back = fallback_reason(transcript, msg.get("fallback_model"))
+                first = transcript
+            if fell_back:
+                transcript = self.fall_back(msg, options, fell_back, progress, first)
         except Exception as e:  # noqa: BLE001 - any engine bug fails the job, not the worker
             self.failed(job_id, e, source)
             return
         self.send({"op": "done", "id": job_id, "transcript": transcript, "source": source,
                    "transcribe_s": round(time.monotonic() - start, 4),
                    "models": self.engine.loaded_models()})
+
+    def fall_back(self, msg: dict[str, Any], options: jobmod.JobOptions,
+                  why: dict[str, Any], progress: Callable[[float, float | None], None],
+                  first: dict[str, Any] | None) -> dict[str, Any]:
+        """Decode the job again with its fallback model (multilingual), which detects the
+        language itself, and keep that text when the model is surer of it than the first
+        was of ``first`` (the English-only model's transcript; None when a batch gave it
+        up); the result says why (``language_fallback``)."""
+        model = str(msg["fallback_model"])
+        log.info("job=%s: model %s heard language %r (p=%.2f), not English: decoding "
+                 "again with model %s", msg["id"], options.model, why["detected"],
+                 why["probability"], model)
+        audio, _ = open_audio(msg["audio"], msg["name"])
+        with audio:
+            transcript = self.engine.transcribe(audio, msg["name"],
+                                                replace(options, model=model), progress)
+        mine = (transcript.get("decoding") or {}).get("mean_logprob")
+        if first is not None and (mine is None or mine <= why["mean_logprob"]):
+            # the multilingual model is no surer of it: the first text stands, with its
+            # warning (noisy English that sounded foreign, say)
+            log.info("job=%s: model %s was no surer (%s); the text of %s stands", msg["id"],
+                     model, mine, options.model)
+            warning = dict(first.get("language_warning") or {})
+            if warning.get("message"):
+                warning["message"] += f" (model {model} was tried and was no surer)"
+            return dict(first, language_warning=warning or None)
+        transcript["language_warning"] = None
+        transcript["language_fallback"] = {
+            "from": options.model, "to": model, "mean_logprob": why["mean_logprob"],
+            "detected": why["detected"], "probability": why["probability"],
+            "fallback_logprob": mine}
+        return transcript
 
     def failed(self, job_id: str, e: Exception, source: dict[str, Any] | None) -> None:
         """Tell the supervisor that ``job_id`` failed with ``e`` (it logs it, once)."""
@@ -214,6 +273,10 @@ class Worker:
                     pending.discard(clip.id)
                     if transcript is None:
                         alone.append(by_id[clip.id])
+                        continue
+                    why = fallback_reason(transcript, by_id[clip.id].get("fallback_model"))
+                    if why:  # not English: decoded again, alone, by the multilingual model
+                        alone.append(dict(by_id[clip.id], fell_back=why, first=transcript))
                         continue
                     if by_id[clip.id].get("segments"):
                         checkpoint.write_all(Path(by_id[clip.id]["segments"]),

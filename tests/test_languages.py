@@ -8,12 +8,13 @@ import io
 import json
 import os
 import re
+import subprocess
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import FIXTURES, Daemon, fake_script, wait_until
+from helpers import BIN, FIXTURES, Daemon, fake_script, on_terminal, wait_until
 
 from cesard import models
 
@@ -68,11 +69,24 @@ def test_base_translates_into_english(multi: Daemon) -> None:
     assert "morning" in res["text"].lower(), res["text"]
 
 
-def test_an_english_only_model_refuses_other_languages(multi: Daemon) -> None:
-    r = multi.ctl("submit", str(FIXTURES / "german.wav"), "--language", "de")
+def test_a_job_naming_no_model_goes_to_base_for_another_language(multi: Daemon) -> None:
+    """--language de or --task translate without --model: the default tiny.en cannot, so
+    the job goes to the configured multilingual model (language_fallback)."""
+    de = multi.wait_result(submit(multi, FIXTURES / "german.wav", "--language", "de"), 120)
+    assert de["status"] == "done" and de["language"] == "de", de
+    assert de["options"]["model"] == "base" and de["engine"]["model"] == "base", de
+    tr = multi.wait_result(submit(multi, FIXTURES / "german.wav", "--task", "translate"), 120)
+    assert tr["status"] == "done" and tr["options"]["model"] == "base"
+    assert "morning" in tr["text"].lower(), tr["text"]
+
+
+def test_an_english_only_model_named_refuses_other_languages(multi: Daemon) -> None:
+    r = multi.ctl("submit", str(FIXTURES / "german.wav"), "--model", "tiny.en",
+                  "--language", "de")
     assert r.returncode == 64
     assert "--language" in r.stderr and "English-only" in r.stderr and "base" in r.stderr
-    r = multi.ctl("submit", str(FIXTURES / "german.wav"), "--task", "translate")
+    r = multi.ctl("submit", str(FIXTURES / "german.wav"), "--model", "tiny.en",
+                  "--task", "translate")
     assert r.returncode == 64 and "--task" in r.stderr
     r = multi.ctl("submit", str(FIXTURES / "hello.wav"), "--beam-size", "50")
     assert r.returncode == 64 and "--beam-size" in r.stderr, r.stderr
@@ -84,6 +98,18 @@ def test_an_english_only_model_refuses_other_languages(multi: Daemon) -> None:
     assert res["error"]["type"] == "InvalidOption"
     assert "handde/job.json" in res["error"]["message"]
     assert "English-only" in res["error"]["message"]
+
+
+def test_language_fallback_false_refuses_as_before(tmp_path: Path) -> None:
+    """An admin who wants every job on the default model says language_fallback: false."""
+    if models.base_parts() is None:
+        pytest.skip("the base model packages are not installed (the base extra)")
+    d = Daemon(tmp_path, engine="faster-whisper", language_fallback=False)
+    d.write_config()
+    subprocess.run([str(BIN / "cesard"), "--init", "--spool", str(d.spool)], check=True,
+                   env=d.env, capture_output=True)
+    r = d.ctl("submit", str(FIXTURES / "german.wav"), "--language", "de")
+    assert r.returncode == 64 and "English-only" in r.stderr, r.stderr
 
 
 def concat_60s() -> bytes:
@@ -194,18 +220,37 @@ def test_workers_keep_models_warm_with_an_lru_and_jobs_go_where_their_model_is(
 
 
 @pytest.mark.parametrize("fixture,language", [("french.wav", "fr"), ("german.wav", "de")])
-def test_an_english_only_model_says_when_the_speech_is_another_language(
+def test_speech_in_another_language_comes_back_in_that_language(
         multi: Daemon, fixture: str, language: str) -> None:
-    """tiny.en (the default) writes fluent English nonsense for French speech; the result
-    says so, names the language base detected and what to do, instead of passing the
-    text off as a transcript. English speech gets no such warning."""
+    """Submitted plainly (no model, no language), French speech is not English nonsense:
+    tiny.en (the default) is unsure of it, base hears French and decodes it again; the
+    result says so (language_fallback). English speech costs nothing more."""
     res = multi.wait_result(submit(multi, FIXTURES / fixture), 300)
     assert res["status"] == "done"
-    w = res["language_warning"]
-    assert w is not None and w["detected"] == language and w["probability"] > 0.2, w
-    assert w["mean_logprob"] < -0.9 and "--model base" in w["message"], w
-    job = res["id"]
-    shown = multi.ctl("show", job)
-    assert "--model base" in shown.stdout, shown.stdout
+    fb = res["language_fallback"]
+    assert fb is not None and fb["from"] == "tiny.en" and fb["to"] == "base", \
+        (res["language_warning"], res["engine"], res["options"])
+    assert fb["detected"] == language and fb["mean_logprob"] < -0.9, fb
+    assert res["language"] == language and res["engine"]["model"] == "base", res
+    assert res["language_warning"] is None
+    if language == "fr":
+        assert "il fait beau" in res["text"].lower() and "soleil" in res["text"].lower(), \
+            res["text"]
+    _, shown = on_terminal(multi, "show", res["id"])
+    assert "heard language 'fr'" in shown or "heard language 'de'" in shown, shown
     hello = multi.wait_result(submit(multi, FIXTURES / "hello.wav"), 300)
-    assert hello["language_warning"] is None and "hello" in hello["text"].lower()
+    assert hello["language_warning"] is None and hello["language_fallback"] is None
+    assert "hello" in hello["text"].lower() and hello["engine"]["model"] == "tiny.en"
+
+
+def test_an_english_only_model_named_says_when_the_speech_is_another_language(
+        multi: Daemon) -> None:
+    """--model tiny.en named: no fallback; the result says what base heard and what to
+    do, instead of passing the English nonsense off as a transcript."""
+    res = multi.wait_result(submit(multi, FIXTURES / "french.wav", "--model", "tiny.en"), 300)
+    assert res["status"] == "done" and res["language_fallback"] is None
+    w = res["language_warning"]
+    assert w is not None and w["detected"] == "fr" and w["probability"] > 0.2, w
+    assert w["mean_logprob"] < -0.9 and "--model base" in w["message"], w
+    shown = multi.ctl("show", res["id"])
+    assert "--model base" in shown.stdout, shown.stdout

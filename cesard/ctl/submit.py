@@ -49,12 +49,17 @@ def as_flags(message: str) -> str:
     return message.replace("command line: ", "")
 
 
-def check_model(cfg: configmod.Config, options: jobmod.JobOptions) -> None:
+def check_model(cfg: configmod.Config, options: jobmod.JobOptions, named: bool) -> None:
     """InvalidOption unless the daemon's configuration has the model and it speaks the
-    language asked for (what the daemon would refuse later, said now)."""
+    language asked for (what the daemon would refuse later, said now; a job that names
+    no model goes where the daemon would send it, :func:`cesard.job.route_language`)."""
     from cesard import models
 
     dirs = cfg.model_dirs
+    if cfg.engine == "faster-whisper" and cfg.language_fallback:
+        infos = models.describe(dirs)
+        options, _ = jobmod.route_language(
+            options, named, {m.name for m in infos if m.english_only}, models.multilingual(infos))
     if cfg.engine == "faster-whisper" and options.model not in dirs:
         raise jobmod.InvalidOption(
             f"option 'model': {options.model!r} is not configured (configured: "
@@ -82,7 +87,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         options = jobmod.parse_options(opts, cfg.job_defaults(), where="command line")
         if args.config_ok:
-            check_model(cfg, options)
+            check_model(cfg, options, "model" in opts)
             cfg.check_then(options)
     except jobmod.InvalidOption as e:
         raise CtlError(as_flags(str(e)), EX_USAGE) from e

@@ -271,6 +271,10 @@ def show_text(data: dict[str, Any]) -> str:
         rows.append(("finished", local_time(res["finished_at"])))
     if res.get("duration"):
         rows.append(("audio", f"{res['duration']:.1f} s, language {res.get('language')}"))
+    if res.get("language_fallback"):
+        fb = res["language_fallback"]
+        rows.append(("model", f"{fb['to']}: {fb['from']} knows only English and "
+                              f"{fb['to']} heard language {fb['detected']!r}"))
     if (res.get("language_warning") or {}).get("message"):
         rows.append(("warning", res["language_warning"]["message"]))
     if res.get("error"):
