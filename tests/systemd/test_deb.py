@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -52,6 +53,7 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", str(tree),
                     str(out / "cesard_2.deb")], check=True, capture_output=True)
     subprocess.run(["rm", "-rf", str(tree)], check=True)
+    shutil.copy(REPO / "tests" / "fixtures" / "french.wav", out / "french.wav")
     return out
 
 
@@ -81,6 +83,21 @@ def test_install_submit_upgrade_remove_purge(debs: Path) -> None:
         assert r.returncode == 0, (r.stdout, r.stderr, c.journal("cesard.service"))
         res = json.loads(r.stdout)
         assert res["status"] == "done" and res["owner"]["name"] == "alice"
+        # Languages lead somewhere: French submitted plainly comes back in French (the
+        # package ships base; tiny.en's doubt sends it there), and --language fr goes
+        # to base at once.
+        c.run("cp /debs/french.wav /tmp/fr.wav && chmod 644 /tmp/fr.wav")
+        r = c.run("runuser -u alice -- cesarctl submit --json --wait --timeout 300 "
+                  "/tmp/fr.wav", check=False, timeout=360)
+        assert r.returncode == 0, (r.stdout, r.stderr, c.journal("cesard.service"))
+        res = json.loads(r.stdout)
+        assert res["language"] == "fr" and "soleil" in res["text"].lower(), res
+        assert res["language_fallback"]["to"] == "base", res
+        r = c.run("runuser -u alice -- cesarctl submit --json --wait --timeout 300 "
+                  "--language fr /tmp/fr.wav", check=False, timeout=360)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        res = json.loads(r.stdout)
+        assert res["engine"]["model"] == "base" and "soleil" in res["text"].lower(), res
 
         # Upgrade while a job runs: the restart requeues it, the new version finishes it once.
         # A fake-engine job that sleeps makes "while it runs" certain; dpkg --unpack then
