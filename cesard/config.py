@@ -90,6 +90,7 @@ class Config:
     hook_timeout: float = 300.0  # seconds a hook may run before it is killed
     max_running_hooks: int = 4  # hooks running at once (more wait their turn)
     language_fallback: bool = True  # jobs naming no model may go to a multilingual one
+    http: dict[str, Any] = field(default_factory=dict)  # cesard-http (HTTP_DEFAULTS)
     dedupe: bool = False  # reuse the result of a done job with the same audio and options
     metrics_textfile: str | None = None
     log_level: str = "info"
@@ -104,6 +105,11 @@ class Config:
     def model_dirs(self) -> dict[str, str]:
         """Model name → local directory: the bundled ones, then the config's."""
         return {**bundled_models(), **self.models}
+
+    @property
+    def http_settings(self) -> dict[str, Any]:
+        """The ``http`` section over its defaults (:data:`HTTP_DEFAULTS`)."""
+        return {**HTTP_DEFAULTS, **self.http}
 
     @property
     def named_hooks(self) -> dict[str, list[str]]:
@@ -128,6 +134,7 @@ class Config:
         d.pop("set_keys")
         d["models"] = self.model_dirs
         d["defaults"] = self.job_defaults().to_dict()
+        d["http"] = self.http_settings
         return d
 
 
@@ -174,6 +181,40 @@ def _check_argv(v: Any, key: str) -> str | None:
     if not os.path.isfile(prog) or not os.access(prog, os.X_OK):
         return (f"key {key!r}: {prog} is not an executable file; install it, make it "
                 "executable (chmod +x) or remove the hook")
+    return None
+
+
+HTTP_DEFAULTS: dict[str, Any] = {
+    "listen": "127.0.0.1:8000", "tokens_file": "/etc/cesar/http-tokens",
+    "max_upload_mb": 500, "request_timeout": 3600, "wyoming_listen": None,
+    "callback_allow": [], "callback_retry_seconds": 86400,
+    "state_dir": "/var/lib/cesard-http"}
+
+
+def http_problem(v: Any) -> str | None:
+    """None, or the first problem of the ``http`` mapping, naming its key."""
+    if not isinstance(v, dict):
+        return "key 'http' must be a mapping (listen, tokens_file, max_upload_mb, ...)"
+    for k, val in v.items():
+        if k not in HTTP_DEFAULTS:
+            return (f"key 'http' has unknown key {k!r}; known keys: "
+                    f"{', '.join(HTTP_DEFAULTS)}")
+        where = f"key 'http.{k}'"
+        if k in ("listen", "wyoming_listen"):
+            if val is None and k == "wyoming_listen":
+                continue
+            host, _, port = str(val).rpartition(":")
+            if not isinstance(val, str) or not host or not port.isdigit() or \
+                    not 0 < int(port) < 65536:
+                return f"{where} must be HOST:PORT, such as 127.0.0.1:8000 (got {val!r})"
+        elif k in ("tokens_file", "state_dir") and not (isinstance(val, str) and val):
+            return f"{where} must be a file path (got {val!r})"
+        elif k in ("max_upload_mb", "request_timeout", "callback_retry_seconds") and (
+                isinstance(val, bool) or not isinstance(val, (int, float)) or val <= 0):
+            return f"{where} must be a positive number (got {val!r})"
+        elif k == "callback_allow" and not (isinstance(val, list) and all(
+                isinstance(h, str) and h for h in val)):
+            return f"{where} must be a list of host names or CIDRs (got {val!r})"
     return None
 
 
@@ -249,6 +290,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "hook_timeout": _num(1, 86400),
     "max_running_hooks": _num(1, 256, integer=True),
     "dedupe": lambda v: None if isinstance(v, bool) else "must be true or false",
+    "http": http_problem,
     "language_fallback": lambda v: None if isinstance(v, bool) else "must be true or false",
     "metrics_textfile": lambda v: None if v is None or (isinstance(v, str) and v) else
     "must be a file path or null",

@@ -34,28 +34,49 @@ def submit(spool: Spool, audio: Path, options: dict[str, Any], submitter: str,
     The directory is built in tmp/, every file fsynced, then renamed into
     incoming/ in one step: readers never see a half-built job.
     """
-    job_id = jobmod.new_job_id()
-    name = jobmod.safe_name(name or audio.name)
-    if is_ignored_name(name) or name in RESERVED:
-        name = "audio" + (Path(name).suffix if Path(name).suffix.isascii() else "")
-    build = spool.dir("tmp") / job_id
-    build.mkdir(mode=0o770)
-    os.chmod(build, 0o2770 if spool.dir("tmp").stat().st_mode & stat.S_ISGID else 0o770)
+    job_id, build = start(spool)
+    name = audio_name(name or audio.name)
     try:
         with open(audio, "rb") as src, open(build / name, "xb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
             dst.flush()
             os.fsync(dst.fileno())
-        os.chmod(build / name, 0o660)
-        meta = JobMeta(id=job_id, options=options, submitted_at=jobmod.iso(jobmod.utcnow()),
-                       submitter=submitter, source_name=name)
-        write_atomic(build, META, meta.to_json())
-        os.rename(build, spool.dir("incoming") / job_id)
+        finish(spool, job_id, build, name, options, submitter)
     except BaseException:
         fsops.remove_tree(build)
         raise
-    fsync_dir(spool.dir("incoming"))
     return job_id
+
+
+def start(spool: Spool) -> tuple[str, Path]:
+    """A new job id and its directory in tmp/, where the audio is written (by
+    :func:`submit`, or streamed by cesard-http) before :func:`finish`."""
+    job_id = jobmod.new_job_id()
+    build = spool.dir("tmp") / job_id
+    build.mkdir(mode=0o770)
+    os.chmod(build, 0o2770 if spool.dir("tmp").stat().st_mode & stat.S_ISGID else 0o770)
+    return job_id, build
+
+
+def audio_name(name: str) -> str:
+    """The name the audio file gets in its job directory."""
+    name = jobmod.safe_name(name)
+    if is_ignored_name(name) or name in RESERVED:
+        name = "audio" + (Path(name).suffix if Path(name).suffix.isascii() else "")
+    return name
+
+
+def finish(spool: Spool, job_id: str, build: Path, name: str, options: dict[str, Any],
+           submitter: str) -> None:
+    """Write job.json next to the audio ``name`` (written and fsynced) and publish the
+    directory into incoming/ by one rename."""
+    os.chmod(build / name, 0o660)
+    meta = JobMeta(id=job_id, options=options, submitted_at=jobmod.iso(jobmod.utcnow()),
+                   submitter=submitter, source_name=name)
+    write_atomic(build, META, meta.to_json())
+    os.rename(build, spool.dir("incoming") / job_id)
+    fsync_dir(spool.dir("incoming"))
+
 
 def request(spool: Spool, action: str, job_id: str, by: str) -> str:
     """Drop a control request (``cancel``, ``retry``) for the daemon."""

@@ -138,6 +138,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("health", parents=[common],
                        help="one line; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")
     s.set_defaults(func=command("act", "cmd_health"))
+    s = sub.add_parser("token", help="cesard-http's clients: 'token add NAME' prints a new "
+                       "bearer token once and appends its SHA-256 to http.tokens_file")
+    s.add_argument("action", choices=("add",))
+    s.add_argument("name", help="the client's name (letters, digits, . _ -)")
+    s.add_argument("--config", help="configuration file (its http.tokens_file)")
+    s.add_argument("--tokens-file", help="the tokens file (default: http.tokens_file)")
+    s.set_defaults(func=command("act", "cmd_token"))
     return p
 
 

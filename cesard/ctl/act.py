@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
 from cesard import fsops, publish
 from cesard import job as jobmod
 from cesard.ctl.common import (
+    EX_CANTCREAT,
     EX_DATAERR,
     EX_NOINPUT,
     EX_NOPERM,
@@ -201,3 +203,26 @@ def cmd_health(args: argparse.Namespace) -> int:
     else:
         print(line)
     return code
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """``cesarctl token add NAME``: a new bearer token for cesard-http, printed once."""
+    from cesard import config as configmod
+    from cesard.http.tokens import TokenFileError, add
+
+    path = args.tokens_file
+    if not path:
+        cfg, _ = configmod.load_for_client(args.config)
+        path = str(cfg.http_settings["tokens_file"])
+    try:
+        token = add(path, args.name)
+    except TokenFileError as e:
+        raise CtlError(str(e), EX_DATAERR) from e
+    except OSError as e:
+        raise CtlError(f"{path}: {e.strerror}; the tokens file needs root (or its owner) "
+                       "to write", EX_CANTCREAT) from e
+    print(token)
+    if tty():
+        print(f"cesarctl: client {args.name!r} added to {path}; the token above is shown "
+              "only now (the file keeps its SHA-256)", file=sys.stderr)
+    return EX_OK

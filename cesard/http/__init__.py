@@ -1,0 +1,1 @@
+"""cesard-http: the HTTP (OpenAI-compatible) and Wyoming front door of a spool."""

@@ -1,0 +1,243 @@
+"""cesard-http (issue 24) with real clients and real processes: the official ``openai``
+package and plain HTTP against a running cesard + cesard-http (the fake engine, which
+obeys the uploaded script, for speed and faults; the real model in test_http_real.py)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from helpers import Daemon, fake_script, wait_until
+from httpbox import Gateway, Receiver, key_of, leftovers, multipart
+
+
+@pytest.fixture
+def box(make_daemon: Callable[..., Daemon]) -> Iterator[tuple[Daemon, Gateway, str, str]]:
+    d = make_daemon(workers=1)
+    gw = Gateway(d, max_upload_mb=1, callback_allow=["127.0.0.1"])
+    alice, bob = gw.token("alice"), gw.token("bob")
+    d.start()
+    gw.start()
+    yield d, gw, alice, bob
+    gw.stop()
+
+
+def sdk(gw: Gateway, token: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=token, max_retries=0, timeout=120)
+
+
+def script_file(tmp: Path, name: str, **keys: object) -> Path:
+    p = tmp / name
+    p.write_bytes(fake_script(**keys))
+    return p
+
+
+def test_each_response_format_through_the_openai_sdk(
+        box: tuple[Daemon, Gateway, str, str]) -> None:
+    d, gw, alice, _ = box
+    c = sdk(gw, alice)
+    f = script_file(d.tmp, "v.wav", text="hello over http", duration=3, segments=2)
+    r = c.audio.transcriptions.create(model="whisper-1", file=f.open("rb"))
+    assert r.text == "hello over http 1 hello over http 2"
+    text = c.audio.transcriptions.create(model="whisper-1", file=f.open("rb"),
+                                         response_format="text")
+    assert str(text).strip() == "hello over http 1 hello over http 2"
+    srt = str(c.audio.transcriptions.create(model="whisper-1", file=f.open("rb"),
+                                            response_format="srt"))
+    assert "00:00:00,000 --> 00:00:01,500" in srt and "hello over http 2" in srt, srt
+    vtt = str(c.audio.transcriptions.create(model="whisper-1", file=f.open("rb"),
+                                            response_format="vtt"))
+    assert vtt.startswith("WEBVTT") and "00:00:01.500 --> 00:00:03.000" in vtt, vtt
+    v = c.audio.transcriptions.create(model="whisper-1", file=f.open("rb"),
+                                      response_format="verbose_json", language="en")
+    assert v.language == "english" and v.duration == 3
+    assert [s.text for s in v.segments or []] == ["hello over http 1", "hello over http 2"]
+    models = [m.id for m in c.models.list()]
+    assert "whisper-1" in models and "tiny.en" in models
+
+
+def test_streaming_sends_a_delta_per_segment_then_done(
+        box: tuple[Daemon, Gateway, str, str]) -> None:
+    d, gw, alice, _ = box
+    f = script_file(d.tmp, "s.wav", text="part", sleep=1.5, segments=3, duration=6)
+    events = list(sdk(gw, alice).audio.transcriptions.create(
+        model="whisper-1", file=f.open("rb"), stream=True))
+    kinds = [e.type for e in events]
+    assert kinds == ["transcript.text.delta"] * 3 + ["transcript.text.done"], kinds
+    assert "".join(e.delta for e in events[:3]) == "part 1 part 2 part 3"  # type: ignore
+    assert events[-1].text == "part 1 part 2 part 3"  # type: ignore[union-attr]
+
+
+def test_errors_in_openais_shape_with_the_right_status(
+        box: tuple[Daemon, Gateway, str, str]) -> None:
+    d, gw, alice, _ = box
+    f = script_file(d.tmp, "e.wav", text="x")
+    with pytest.raises(openai.AuthenticationError):
+        sdk(gw, "nope").audio.transcriptions.create(model="whisper-1", file=f.open("rb"))
+    status, body = gw.json("GET", "/v1/models")
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.BadRequestError) as e:
+        sdk(gw, alice).audio.transcriptions.create(model="large-v9", file=f.open("rb"))
+    assert e.value.status_code == 400 and "large-v9" in e.value.message
+    assert e.value.body["param"] == "model"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as e:
+        sdk(gw, alice).audio.transcriptions.create(model="whisper-1", file=f.open("rb"),
+                                                   response_format="docx")  # type: ignore
+    assert e.value.body["param"] == "response_format"  # type: ignore[index]
+    with pytest.raises(openai.APIStatusError) as e:  # the daemon could not decode it
+        sdk(gw, alice).audio.transcriptions.create(
+            model="whisper-1", file=script_file(d.tmp, "bad.wav", fail="UndecodableAudio")
+            .open("rb"))
+    assert e.value.status_code == 415 and "UndecodableAudio" in e.value.message
+    body, ctype = multipart({"model": "whisper-1"}, "big.wav", b"\0" * (3 << 20))
+    status, _, raw = gw.call("POST", "/v1/audio/transcriptions", alice, body,
+                             {"Content-Type": ctype})
+    assert status == 413 and json.loads(raw)["error"]["code"] == "file_too_large"
+    # streamed without Content-Length (chunked): stopped at the limit just the same
+    status, _, raw = gw.call("POST", "/v1/audio/transcriptions", alice,
+                             iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                             {"Content-Type": ctype})
+    assert status == 413, raw
+    assert leftovers(d.spool) == []  # nothing of the refused uploads stays in tmp/
+
+
+def test_two_tokens_cannot_see_each_others_jobs_nor_a_members(
+        box: tuple[Daemon, Gateway, str, str]) -> None:
+    d, gw, alice, bob = box
+    body, ctype = multipart({"model": "whisper-1"}, "a.wav", fake_script(text="alice's"))
+    status, _, raw = gw.call("POST", "/v1/jobs", alice, body, {"Content-Type": ctype})
+    assert status == 202, raw
+    job = json.loads(raw)["id"]
+    wait_until(lambda: gw.json("GET", f"/v1/jobs/{job}", alice)[1]["status"] == "done", 30,
+               "alice's job")
+    assert gw.json("GET", f"/v1/jobs/{job}", alice)[1]["result"]["text"] == "alice's"
+    for method, path in (("GET", f"/v1/jobs/{job}"), ("DELETE", f"/v1/jobs/{job}"),
+                         ("GET", f"/v1/jobs/{job}/events")):
+        status, body_ = gw.json(method, path, bob)
+        assert status == 404 and body_["error"]["code"] == "job_not_found", (path, body_)
+    member = d.submit_bytes("m.wav", fake_script(text="a member's"))
+    d.wait_result(member)
+    assert gw.json("GET", f"/v1/jobs/{member}", alice)[0] == 404
+    status, body_ = gw.json("GET", "/v1/jobs/nonexistent-id", alice)
+    assert status == 404
+
+
+def test_async_job_progress_cancel_and_events(box: tuple[Daemon, Gateway, str, str]) -> None:
+    d, gw, alice, _ = box
+    body, ctype = multipart({"model": "whisper-1"}, "long.wav",
+                            fake_script(text="long", sleep=30, duration=60))
+    status, headers, raw = gw.call("POST", "/v1/jobs", alice, body, {"Content-Type": ctype})
+    job = json.loads(raw)["id"]
+    assert status == 202 and headers["location"] == f"/v1/jobs/{job}"
+    wait_until(lambda: gw.json("GET", f"/v1/jobs/{job}", alice)[1]["progress"] > 0, 20,
+               "progress")
+    assert gw.json("GET", f"/v1/jobs/{job}", alice)[1]["status"] == "processing"
+    status, out = gw.json("DELETE", f"/v1/jobs/{job}", alice)
+    assert status == 200 and out["status"] == "cancelled", out
+    wait_until(lambda: gw.json("GET", f"/v1/jobs/{job}", alice)[1]["status"] == "cancelled",
+               20, "the cancel")
+    status, out = gw.json("DELETE", f"/v1/jobs/{job}", alice)
+    assert status == 409
+
+
+def test_a_daemon_restart_during_a_synchronous_request_still_answers(
+        box: tuple[Daemon, Gateway, str, str]) -> None:
+    d, gw, alice, _ = box
+    f = script_file(d.tmp, "r.wav", text="after the restart", sleep=2)
+    import threading
+
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(sdk(gw, alice).audio.transcriptions.create(
+        model="whisper-1", file=f.open("rb"))))
+    t.start()
+    wait_until(lambda: (d.status() or {}).get("running"), 20, "the job to run")
+    assert d.stop() == 0  # SIGTERM: the job goes back to incoming/
+    d.start()
+    t.join(60)
+    assert got and got[0].text == "after the restart", got  # type: ignore[attr-defined]
+
+
+def test_daemon_down_is_503_with_the_queued_jobs_id(
+        box: tuple[Daemon, Gateway, str, str]) -> None:
+    d, gw, alice, _ = box
+    d.stop()
+    with pytest.raises(openai.APIStatusError) as e:
+        sdk(gw, alice).audio.transcriptions.create(
+            model="whisper-1", file=script_file(d.tmp, "q.wav", text="queued").open("rb"))
+    assert e.value.status_code == 503
+    job = e.value.body["job_id"]  # type: ignore[index]
+    assert (d.spool / "incoming" / job).is_dir()
+    d.start()
+    assert d.wait_result(job)["text"] == "queued"
+
+
+def test_per_token_queue_limit_is_429(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon(workers=1, max_queued_per_owner=1)
+    gw = Gateway(d)
+    alice = gw.token("alice")
+    d.start()
+    d.stop()  # the spool is made; the daemon is not running: jobs stay queued
+    gw.start()
+    try:
+        body, ctype = multipart({"model": "whisper-1"}, "a.wav", fake_script(text="1"))
+        assert gw.call("POST", "/v1/jobs", alice, body, {"Content-Type": ctype})[0] == 202
+        status, _, raw = gw.call("POST", "/v1/jobs", alice, body, {"Content-Type": ctype})
+        assert status == 429 and json.loads(raw)["error"]["type"] == "rate_limit_error", raw
+    finally:
+        gw.stop()
+
+
+def test_callback_reaches_the_client_signed_after_a_gateway_restart(
+        box: tuple[Daemon, Gateway, str, str]) -> None:
+    d, gw, alice, _ = box
+    rx = Receiver()
+    try:
+        d.signal(signal.SIGSTOP)  # the job waits while the gateway restarts
+        body, ctype = multipart({"model": "whisper-1", "callback_url": rx.url,
+                                 "response_format": "verbose_json"}, "cb.wav",
+                                fake_script(text="called back"))
+        status, _, raw = gw.call("POST", "/v1/jobs", alice, body, {"Content-Type": ctype})
+        assert status == 202, raw
+        job = json.loads(raw)["id"]
+        assert gw.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM once shut down
+        d.signal(signal.SIGCONT)
+        d.wait_result(job)
+        assert rx.got == []  # the gateway is down: nobody could have called
+        gw.start()
+        wait_until(lambda: rx.got, 30, "the callback")
+        headers, payload = rx.got[0]
+        ts = headers["x-cesar-timestamp"]
+        want = "sha256=" + hmac.new(key_of(alice).encode(), f"{ts}.".encode() + payload,
+                                    "sha256").hexdigest()
+        assert hmac.compare_digest(headers["x-cesar-signature"], want)
+        data = json.loads(payload)
+        assert data["id"] == job and data["status"] == "done"
+        assert data["result"]["text"] == "called back"
+        wait_until(lambda: (gw.json("GET", f"/v1/jobs/{job}", alice)[1].get("callback") or {})
+                   .get("state") == "delivered", 10, "the delivery recorded")
+        assert len(rx.got) == 1
+    finally:
+        rx.close()
+
+
+def test_a_callback_to_a_private_address_is_refused_unless_allowed(
+        make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon(workers=1)
+    gw = Gateway(d)  # no callback_allow: no loopback, private or link-local address
+    alice = gw.token("alice")
+    d.start()
+    gw.start()
+    try:
+        for url in ("http://127.0.0.1:9/x", "http://10.1.2.3/x", "http://169.254.169.254/x",
+                    "file:///etc/passwd"):
+            body, ctype = multipart({"callback_url": url}, "a.wav", fake_script(text="x"))
+            status, _, raw = gw.call("POST", "/v1/jobs", alice, body, {"Content-Type": ctype})
+            assert status == 400 and json.loads(raw)["error"]["param"] == "callback_url", raw
+        assert leftovers(d.spool) == []
+    finally:
+        gw.stop()
