@@ -105,6 +105,7 @@ def serve(cfg: configmod.Config, tokens: Any) -> int:
         notifier.send("STOPPING=1")
         for t in tasks:
             t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     app = create_app(cfg, tokens, outbox)
     app.router.lifespan_context = lifespan

@@ -108,6 +108,11 @@ class Handler(AsyncEventHandler):
 
 
 async def serve(uri: str, gateway: Gateway, timeout: float) -> None:
-    """Serve Wyoming ASR on ``uri`` (tcp://HOST:PORT) until cancelled."""
+    """Serve Wyoming ASR on ``uri`` (tcp://HOST:PORT) until cancelled. (``start``, not
+    ``run``: run takes SIGTERM for itself, and uvicorn must get it to stop the rest.)"""
     server = AsyncServer.from_uri(uri)
-    await server.run(lambda *a: Handler(gateway, timeout, *a))
+    await server.start(lambda *a: Handler(gateway, timeout, *a))
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()

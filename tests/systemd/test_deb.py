@@ -83,6 +83,20 @@ def test_install_submit_upgrade_remove_purge(debs: Path) -> None:
         assert r.returncode == 0, (r.stdout, r.stderr, c.journal("cesard.service"))
         res = json.loads(r.stdout)
         assert res["status"] == "done" and res["owner"]["name"] == "alice"
+        # cesard-http (installed, off until enabled): a token, the unit started, a
+        # client lists the models over HTTP with it.
+        token = c.run("cesarctl token add ci").stdout.strip()
+        c.systemctl("start", "cesard-http.service")
+        probe = ("import json, sys, time, urllib.request as u\n"
+                 "r = u.Request('http://127.0.0.1:8000/v1/models', headers={'Authorization':"
+                 " 'Bearer ' + sys.argv[1]})\n"
+                 "for i in range(100):\n"
+                 "    try:\n"
+                 "        print(json.load(u.urlopen(r))['data'][0]['id']); break\n"
+                 "    except OSError: time.sleep(0.2)\n")
+        r = c.run(["/usr/bin/python3", "-c", probe, token], check=False)
+        assert r.stdout.strip() == "whisper-1", (r.stdout, r.stderr,
+                                                c.journal("cesard-http.service"))
         # Languages lead somewhere: French submitted plainly comes back in French (the
         # package ships base; tiny.en's doubt sends it there), and --language fr goes
         # to base at once.

@@ -33,10 +33,11 @@ VERIFY = {
     "cesard@test.service": "cesard@.service",
     "cesar-prune.service": "cesar-prune.service",
     "cesar-prune.timer": "cesar-prune.timer",
+    "cesard-http.service": "cesard-http.service",
 }
-SERVICES = ("cesard.service", "cesard@.service", "cesar-prune.service")
+SERVICES = ("cesard.service", "cesard@.service", "cesar-prune.service", "cesard-http.service")
 # binaries the units execute; stubs for them go into the verify root
-STUBS = ("/usr/bin/cesard", "/usr/bin/cesarctl", "/bin/kill")
+STUBS = ("/usr/bin/cesard", "/usr/bin/cesarctl", "/usr/bin/cesard-http", "/bin/kill")
 
 
 def run(*cmd: str) -> subprocess.CompletedProcess:
