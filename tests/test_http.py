@@ -241,3 +241,24 @@ def test_a_callback_to_a_private_address_is_refused_unless_allowed(
         assert leftovers(d.spool) == []
     finally:
         gw.stop()
+
+
+def test_the_curl_examples_in_the_docs_work(box: tuple[Daemon, Gateway, str, str],
+                                            tmp_path: Path) -> None:
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    d, gw, alice, _ = box
+    blocks = re.findall(r"```sh\n(.*?)\n```", (Path(__file__).parents[1] / "docs" / "http.md")
+                        .read_text(), re.S)
+    assert len(blocks) >= 4
+    (tmp_path / "hello.wav").write_bytes(fake_script(text="hello from curl", duration=2))
+    for block in blocks:
+        r = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120,
+                           env={"PATH": "/usr/bin:/bin", "CESAR_URL": gw.url, "TOKEN": alice})
+        assert r.returncode == 0, (block, r.stdout, r.stderr)
+        assert "hello from curl" in r.stdout or "whisper-1" in r.stdout, (block, r.stdout)
