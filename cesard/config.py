@@ -186,7 +186,7 @@ def _check_argv(v: Any, key: str) -> str | None:
 
 HTTP_DEFAULTS: dict[str, Any] = {
     "listen": "127.0.0.1:8000", "tokens_file": "/etc/cesar/http-tokens",
-    "max_upload_mb": 500, "request_timeout": 3600, "wyoming_listen": None,
+    "max_upload_mb": 500, "request_timeout": 3600, "upload_idle_seconds": 60, "wyoming_listen": None,
     "callback_allow": [], "callback_retry_seconds": 86400,
     "state_dir": "/var/lib/cesard-http"}
 
@@ -209,7 +209,8 @@ def http_problem(v: Any) -> str | None:
                 return f"{where} must be HOST:PORT, such as 127.0.0.1:8000 (got {val!r})"
         elif k in ("tokens_file", "state_dir") and not (isinstance(val, str) and val):
             return f"{where} must be a file path (got {val!r})"
-        elif k in ("max_upload_mb", "request_timeout", "callback_retry_seconds") and (
+        elif k in ("max_upload_mb", "request_timeout", "callback_retry_seconds",
+                   "upload_idle_seconds") and (
                 isinstance(val, bool) or not isinstance(val, (int, float)) or val <= 0):
             return f"{where} must be a positive number (got {val!r})"
         elif k == "callback_allow" and not (isinstance(val, list) and all(

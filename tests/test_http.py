@@ -262,3 +262,27 @@ def test_the_curl_examples_in_the_docs_work(box: tuple[Daemon, Gateway, str, str
                            env={"PATH": "/usr/bin:/bin", "CESAR_URL": gw.url, "TOKEN": alice})
         assert r.returncode == 0, (block, r.stdout, r.stderr)
         assert "hello from curl" in r.stdout or "whisper-1" in r.stdout, (block, r.stdout)
+
+
+def test_a_stalled_upload_is_given_up_and_leaves_nothing(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """A client that stops sending mid-upload (slowloris) gets 408 after
+    upload_idle_seconds; its partial file is removed from tmp/."""
+    import socket
+
+    d = make_daemon(workers=1)
+    gw = Gateway(d, upload_idle_seconds=1)
+    alice = gw.token("alice")
+    d.start()
+    gw.start()
+    try:
+        body, ctype = multipart({"model": "whisper-1"}, "slow.wav", b"\0" * 100_000)
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as s:
+            s.sendall((f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+                       f"Authorization: Bearer {alice}\r\nContent-Type: {ctype}\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:50_000])
+            answer = s.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408"), answer
+        wait_until(lambda: leftovers(d.spool) == [], 10, "tmp/ to be empty")
+    finally:
+        gw.stop()

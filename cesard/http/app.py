@@ -155,7 +155,8 @@ def create_app(cfg: configmod.Config, tokens: Tokens, outbox: Outbox | None = No
         job_id, build = await run_in_threadpool(gw.upload_dir)
         try:
             got = await upload.receive(request.headers.get("content-type", ""),
-                                       request.stream(), build / UPLOAD_PART, limit)
+                                       request.stream(), build / UPLOAD_PART, limit,
+                                       float(http["upload_idle_seconds"]))
             asked = Request_(got, task, served(), cfg.job_defaults().model)
             if per_bytes:
                 count, size = await run_in_threadpool(gw.queued, client)
@@ -184,6 +185,11 @@ def create_app(cfg: configmod.Config, tokens: Tokens, outbox: Outbox | None = No
             await run_in_threadpool(gw.discard, build)
             raise ApiError(413, f"the upload is over max_upload_mb ({http['max_upload_mb']} "
                            "MB)", code="file_too_large") from None
+        except upload.Stalled:
+            await run_in_threadpool(gw.discard, build)
+            raise ApiError(408, f"the upload stalled: nothing came for "
+                           f"{http['upload_idle_seconds']} s (upload_idle_seconds)",
+                           code="upload_timeout") from None
         except upload.BadUpload as e:
             await run_in_threadpool(gw.discard, build)
             raise ApiError(400, str(e), param="file") from None

@@ -5,6 +5,7 @@ python-multipart's streaming parser does the parsing."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -103,9 +104,14 @@ class _Receiver:
             self.fd = -1
 
 
+class Stalled(Exception):
+    """The client sent nothing for ``idle`` seconds (a slow or stuck upload)."""
+
+
 async def receive(content_type: str, body: AsyncIterator[bytes], into: Path,
-                  limit: int) -> Upload:
-    """Parse a multipart body from ``body``; the file part is written to ``into``."""
+                  limit: int, idle: float = 60.0) -> Upload:
+    """Parse a multipart body from ``body``; the file part is written to ``into``. A
+    client that sends nothing for ``idle`` seconds is given up (:class:`Stalled`)."""
     kind, params = parse_options_header(content_type)
     if kind != b"multipart/form-data" or b"boundary" not in params:
         raise BadUpload("the request must be multipart/form-data with the audio as 'file'")
@@ -115,11 +121,18 @@ async def receive(content_type: str, body: AsyncIterator[bytes], into: Path,
         "on_header_value": r.on_header_value, "on_header_end": r.on_header_end,
         "on_headers_finished": r.on_headers_finished, "on_part_data": r.on_part_data,
         "on_part_end": r.on_part_end})
+    chunks = body.__aiter__()
     try:
-        async for chunk in body:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), idle)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise Stalled() from None
             parser.write(chunk)
         parser.finalize()
-    except (TooLarge, BadUpload):
+    except (TooLarge, BadUpload, Stalled):
         r.close()
         raise
     except Exception as e:  # noqa: BLE001 - the parser's errors: a malformed body
