@@ -186,7 +186,8 @@ def _check_argv(v: Any, key: str) -> str | None:
 
 HTTP_DEFAULTS: dict[str, Any] = {
     "listen": "127.0.0.1:8000", "tokens_file": "/etc/cesar/http-tokens",
-    "max_upload_mb": 500, "request_timeout": 3600, "upload_idle_seconds": 60, "wyoming_listen": None,
+    "max_upload_mb": 500, "request_timeout": 3600, "upload_idle_seconds": 60,
+    "wyoming_listen": None,
     "callback_allow": [], "callback_retry_seconds": 86400,
     "state_dir": "/var/lib/cesard-http"}
 

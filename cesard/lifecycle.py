@@ -197,8 +197,10 @@ class Lifecycle:
         if self.finished_mtime.get(state) is not None:
             self.finished_mtime[state] = self._mtime(state)  # our own change, counted
         t = transcript or {}
+        timings = result.get("timings") or {}
         self.metrics.job_finished(status, t.get("duration"), t.get("transcribe_s"),
-                                  self.clock.shown(now))
+                                  self.clock.shown(now), timings.get("queued_s"),
+                                  timings.get("realtime_factor"))
         self.changed(True)
         shown = jobmod.display_name(job.audio) if job.audio else str(source.get("name") or "-")
         if deduplicated_from:

@@ -81,7 +81,7 @@ class Supervisor:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         # The parts, each given what it needs and nothing of the others' state.
-        self.metrics = Metrics()
+        self.metrics = Metrics(str(spool.root))
         self.storage = Storage(spool.root, self.wake_by)
         self.quarantine = Quarantine(spool.root)
         self.oom = OomWatch()  # was a worker's SIGKILL the kernel's OOM killer? (oom.py)

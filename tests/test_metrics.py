@@ -42,3 +42,25 @@ def test_metrics_textfile_counts_jobs(make_daemon: Callable[..., Daemon]) -> Non
     for line in text.splitlines():
         assert line.startswith("# ") or re.match(r'^[a-z_]+\{[^}]*\} [0-9.e+-]+$', line), line
     assert not list(d.tmp.glob(".cesard.prom.*"))  # no temp file left behind
+
+
+def test_metrics_have_histograms_of_wait_time_and_speed(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """prometheus_client's histograms: queue wait, transcription time, real-time factor."""
+    d = make_daemon()
+    prom = d.tmp / "cesard.prom"
+    d.config["metrics_textfile"] = str(prom)
+    d.start()
+    for i in range(3):
+        d.wait_result(d.submit_bytes(f"{i}.wav", fake_script(text="x", duration=10,
+                                                             sleep=0.3)))
+
+    def three() -> str | None:
+        text = prom.read_text() if prom.exists() else ""
+        return text if sample(text, "cesard_transcription_seconds_count") == 3 else None
+    text = wait_until(three, 15, "three transcriptions in the histogram")
+    assert sample(text, "cesard_queue_wait_seconds_count") == 3
+    assert sample(text, "cesard_realtime_factor_count") == 3
+    assert (sample(text, "cesard_transcription_seconds_sum") or 0) >= 0.9
+    assert sample(text, "cesard_realtime_factor_bucket", le="+Inf") == 3
+    assert "_created" not in text

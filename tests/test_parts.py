@@ -190,7 +190,7 @@ def test_publisher_writes_a_start_at_once_progress_at_most_every_half_second(
         tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     spool.create()
-    p = Publisher(spool, "host", Metrics())
+    p = Publisher(spool, "host", Metrics(str(spool.root)))
     assert p.due(0.0)
     p.write({"queue": {}, "running": [], "workers": []}, 0.0, None)
     assert not p.due(0.3)
