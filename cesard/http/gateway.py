@@ -1,13 +1,14 @@
 """cesard-http's side of the spool: a client of it exactly like cesarctl (docs/spool.md,
 "Handing in work"), never of the daemon's internals. A job an HTTP client submits is
-an ordinary job owned by the gateway's user, with ``submitter`` ``http:NAME``; a client
-sees only such jobs of its own name (and never a member's job, whose owner is another
-uid even when its job.json says ``http:…``)."""
+an ordinary job owned by the gateway's user. Which client made it is the gateway's own
+record, ``state_dir/jobs/CLIENT/ID`` (written before the job is published; nobody else
+can write there): a client sees only the jobs recorded as its own whose owner is the
+gateway's uid, never a member's job (the daemon names the submitter from the
+filesystem, so job.json cannot say which client it was)."""
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 from cesard import config as configmod
 from cesard import fsops, publish
 from cesard import job as jobmod
-from cesard.ctl.common import daemon_alive, load_json, my_queue, read_status
+from cesard.ctl.common import daemon_alive, load_json, read_status
+from cesard.fsops import write_atomic
 from cesard.http.tokens import Client
 from cesard.spool import META, Spool
 
@@ -31,12 +33,14 @@ class Found:
 
 
 class Gateway:
-    """Verbs: upload_dir, publish, discard, find, result, live, cancel, queued, up."""
+    """Verbs: upload_dir, publish, discard, find, result, live, cancel, queued, sweep, up.
+    Fields: the spool, this process's uid, the directory of its clients' records."""
 
     def __init__(self, cfg: configmod.Config) -> None:
         self.cfg = cfg
         self.spool = Spool(Path(cfg.spool))
         self.uid = os.geteuid()
+        self.records = Path(str(cfg.http_settings["state_dir"])) / "jobs"
 
     # --- submitting ---------------------------------------------------------------
     def upload_dir(self) -> tuple[str, Path]:
@@ -47,6 +51,9 @@ class Gateway:
                 client: Client) -> None:
         name = publish.audio_name(filename)
         os.rename(build / UPLOAD_PART, build / name)
+        mine = self.records / client.name
+        mine.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(mine, job_id, b"")  # before the job exists: it is never unclaimed
         publish.finish(self.spool, job_id, build, name, options, client.submitter)
 
     def discard(self, build: Path) -> None:
@@ -65,13 +72,14 @@ class Gateway:
             st = os.stat(path)
         except OSError:
             return None
-        meta = load_json(path / META)
-        if meta is None or meta.get("submitter") != client.submitter:
+        if not (self.records / client.name / job_id).exists():
             return None
+        meta = load_json(path / META) or {}
         owner = meta.get("owner")
-        if (owner if isinstance(owner, int) and not isinstance(owner, bool)
-                else st.st_uid) != self.uid:
-            return None  # a member's job that says http:NAME is still the member's
+        if state == "incoming" or not isinstance(owner, int) or isinstance(owner, bool):
+            owner = st.st_uid  # in incoming/ job.json is the submitter's own writing
+        if owner != self.uid:
+            return None
         return Found(state, path, meta)
 
     def result(self, found: Found) -> dict[str, Any] | None:
@@ -94,29 +102,40 @@ class Gateway:
                          "the request stays and is acted on when it starts"}
 
     def queued(self, client: Client) -> tuple[int, int]:
-        """(jobs, bytes) of ``client``'s that wait in incoming/ (the daemon's view of this
-        user's queue; where it has none, the ones this process can list)."""
-        ids: list[str] = []
-        entries = my_queue(self.spool)
-        if entries:
-            ids = [str(e.get("id")) for e in entries if e.get("id")]
-        else:
-            try:
-                ids = [e.name for e in os.scandir(self.spool.dir("incoming"))]
-            except OSError:
-                ids = []
+        """(jobs, bytes) of ``client``'s that wait in incoming/."""
         count = size = 0
+        try:
+            ids = [e.name for e in os.scandir(self.records / client.name)]
+        except OSError:
+            ids = []
         for job_id in ids:
             path = self.spool.dir("incoming") / job_id
-            meta = load_json(path / META)
-            if meta is None or meta.get("submitter") != client.submitter:
-                continue
-            count += 1
             try:
                 size += sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
             except OSError:
-                pass
+                continue  # not queued (any more)
+            count += 1
         return count, size
+
+    def sweep(self, now: float) -> int:
+        """Forget the records of jobs no longer in the spool (pruned), an hour old at
+        least (a younger one may be an upload on its way); how many."""
+        gone = 0
+        try:
+            clients = list(os.scandir(self.records))
+        except OSError:
+            return 0
+        for c in clients:
+            for e in os.scandir(c.path):
+                if e.name.startswith(".") or now - e.stat().st_mtime < 3600:
+                    continue
+                if self.spool.locate(e.name) is None:
+                    try:
+                        os.unlink(e.path)
+                        gone += 1
+                    except OSError:
+                        pass
+        return gone
 
     def up(self) -> bool:
         return daemon_alive(read_status(self.spool))
@@ -124,7 +143,3 @@ class Gateway:
     def models(self) -> list[str]:
         return list(self.cfg.model_dirs) if self.cfg.engine == "faster-whisper" else \
             [self.cfg.job_defaults().model]
-
-
-def wait_seconds(started: float, timeout: float) -> float:
-    return max(0.0, started + timeout - time.monotonic())

@@ -90,7 +90,7 @@ def serve(cfg: configmod.Config, tokens: Any) -> int:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(deliver(outbox))]
+        tasks = [asyncio.create_task(deliver(outbox, gateway))]
         if http["wyoming_listen"]:
             from cesard.http.wyoming_asr import serve as wyoming
 
@@ -115,11 +115,16 @@ def serve(cfg: configmod.Config, tokens: Any) -> int:
     return 0
 
 
-async def deliver(outbox: Any) -> None:
-    """Deliver due callbacks, twice a second, until cancelled."""
+async def deliver(outbox: Any, gateway: Any) -> None:
+    """Deliver due callbacks, twice a second, and forget pruned jobs' records every ten
+    minutes, until cancelled."""
+    swept = 0.0
     while True:
         try:
             await asyncio.to_thread(outbox.run_once, time.time())
+            if time.monotonic() - swept > 600:
+                swept = time.monotonic()
+                await asyncio.to_thread(gateway.sweep, time.time())
         except Exception:  # noqa: BLE001 - the next round tries again
             log.warning("callback delivery failed", exc_info=True)
         await asyncio.sleep(0.5)

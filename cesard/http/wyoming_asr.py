@@ -2,7 +2,7 @@
 with the ``wyoming`` package: describe → info; transcribe, audio-start, audio-chunk…,
 audio-stop → a job at high priority (a voice command never waits behind a batch),
 whose text comes back as a transcript. The audio is written as WAV into the job's
-tmp/ directory as it arrives; jobs are the client ``wyoming``'s."""
+tmp/ directory as it arrives; jobs are the client ``-wyoming``'s (no token's)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from cesard.http.shapes import LANGUAGES
 from cesard.http.tokens import Client
 
 log = logging.getLogger("cesard-http")
-CLIENT = Client("wyoming", "")
+CLIENT = Client("-wyoming", "")  # no token has this name (they start alphanumeric)
 MAX_SECONDS = 300.0  # a voice command; longer audio belongs in the spool
 
 
