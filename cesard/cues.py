@@ -34,6 +34,13 @@ class Cue:
     start: float
     end: float
     lines: list[str]
+    speaker: str | None = None  # a diarized segment's speaker (cues never span two)
+
+
+def shown(speaker: str) -> str:
+    """A diarized speaker as people read it: ``SPEAKER_2`` → ``Speaker 2``."""
+    return speaker.replace("SPEAKER_", "Speaker ") if speaker.startswith("SPEAKER_") \
+        else speaker
 
 
 def tokens(segment: dict[str, Any]) -> list[Token]:
@@ -97,6 +104,7 @@ def _cue(group: list[Token]) -> Cue:
 def cues(segments: list[dict[str, Any]]) -> list[Cue]:
     out: list[Cue] = []
     for seg in segments:
+        first = len(out)
         cur: list[Token] = []
         for tok in tokens(seg):
             while cur and not _fits(cur + [tok]):
@@ -113,6 +121,8 @@ def cues(segments: list[dict[str, Any]]) -> list[Cue]:
                 cur = []
         if cur:
             out.append(_cue(cur))
+        for c in out[first:]:
+            c.speaker = seg.get("speaker")
     for a, b in zip(out, out[1:], strict=False):  # never on screen together
         a.end = min(a.end, b.start) if b.start >= a.start else a.end
     return out

@@ -182,6 +182,10 @@ class JobOptions:
     formats: tuple[str, ...] = ("txt",)
     exclusive: bool = False
     then: tuple[str, ...] = ()  # named hooks (config 'hooks.named') to run when done
+    diarize: bool = False  # who said what (cesard.speakers)
+    speakers: int | None = None  # the number of speakers, when known
+    min_speakers: int | None = None
+    max_speakers: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -263,7 +267,10 @@ def _check_option(key: str, val: Any) -> Any:
     elif key == "beam_size":
         _check(isinstance(val, int) and not isinstance(val, bool) and 1 <= val <= 20, key,
                "must be an integer from 1 to 20")
-    elif key in ("vad_filter", "word_timestamps", "exclusive"):
+    elif key in ("speakers", "min_speakers", "max_speakers"):
+        _check(val is None or (isinstance(val, int) and not isinstance(val, bool)
+                               and 1 <= val <= 32), key, "must be null or from 1 to 32")
+    elif key in ("vad_filter", "word_timestamps", "exclusive", "diarize"):
         _check(isinstance(val, bool), key, "must be true or false")
     elif key == "initial_prompt":
         _check(val is None or (isinstance(val, str) and len(val) <= 2000), key,
@@ -478,6 +485,8 @@ def make_result(
         "language_probability": t.get("language_probability"),
         "language_warning": t.get("language_warning"),
         "language_fallback": t.get("language_fallback"),
+        "speakers": t.get("speakers"),
+        "diarization": t.get("diarization"),
         "duration": duration,
         "text": t.get("text", ""),
         "segments": t.get("segments", []),

@@ -41,7 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cesard import batch, checkpoint
+from cesard import batch, checkpoint, speakers, turns
 from cesard import job as jobmod
 from cesard.batch import Clip
 from cesard.engine import Engine
@@ -174,6 +174,8 @@ class Worker:
                 first = transcript
             if fell_back:
                 transcript = self.fall_back(msg, options, fell_back, progress, first)
+            if options.diarize:
+                transcript = self.diarize(msg, options, transcript)
         except Exception as e:  # noqa: BLE001 - any engine bug fails the job, not the worker
             self.failed(job_id, e, source)
             return
@@ -213,6 +215,34 @@ class Worker:
             "fallback_logprob": mine}
         return transcript
 
+    def diarize(self, msg: dict[str, Any], options: jobmod.JobOptions,
+                transcript: dict[str, Any]) -> dict[str, Any]:
+        """Speakers on the transcript (:mod:`cesard.speakers`, :mod:`cesard.turns`). A
+        failure keeps the transcript and says why in ``diarization.error``."""
+        start = time.monotonic()
+        info: dict[str, Any] = {"model": speakers.MODEL, "speakers": None, "seconds": None,
+                                "error": None}
+        try:
+            audio, _ = open_audio(msg["audio"], msg["name"])
+            with audio:
+                samples, _ = self.engine.prepare(audio, msg["name"], options)
+            if not hasattr(samples, "dtype"):
+                raise speakers.DiarizationError("this engine gives no audio to diarize")
+            lo, hi = options.min_speakers or 1, options.max_speakers or speakers.MAX_SPEAKERS
+            centres, labels = speakers.diarize(samples, transcript.get("segments") or [],
+                                               options.speakers, min(lo, hi), max(lo, hi))
+            segments = turns.apply(transcript.get("segments") or [], centres, labels)
+            talk = turns.talk_times(segments)
+            transcript = dict(transcript, segments=segments, speakers=talk)
+            info["speakers"] = len(talk)
+        except Exception as e:  # noqa: BLE001 - the transcript stands without speakers
+            log.warning("job=%s diarization failed: %s: %s", msg["id"], type(e).__name__, e)
+            info["error"] = f"{type(e).__name__}: {e}"
+            transcript = dict(transcript, speakers=None)
+        info["seconds"] = round(time.monotonic() - start, 3)
+        transcript["diarization"] = info
+        return transcript
+
     def failed(self, job_id: str, e: Exception, source: dict[str, Any] | None) -> None:
         """Tell the supervisor that ``job_id`` failed with ``e`` (it logs it, once)."""
         if isinstance(e, jobmod.JobError):
@@ -244,7 +274,7 @@ class Worker:
             job_id, source = str(msg["id"]), None
             try:
                 options = jobmod.parse_options(msg["options"])
-                if options.word_timestamps:
+                if options.word_timestamps or options.diarize:  # (diarize: its audio again)
                     alone.append(msg)
                     continue
                 audio, source = open_audio(msg["audio"], msg["name"])

@@ -44,7 +44,8 @@ def test_default_config_all_commented() -> None:
     } <= set(conf)
     assert set(conf["defaults"]) == {
         "model", "language", "task", "beam_size", "vad_filter",
-        "word_timestamps", "initial_prompt", "priority", "formats",
+        "word_timestamps", "initial_prompt", "priority", "formats", "diarize", "speakers",
+        "min_speakers", "max_speakers",
     }
     assert conf["spool"] == SPOOL
     assert conf["shutdown_grace"] < timeout_stop_sec()

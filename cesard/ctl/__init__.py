@@ -80,6 +80,14 @@ def parser() -> argparse.ArgumentParser:
                    help="text that primes the vocabulary (names, jargon)")
     s.add_argument("--no-vad", action="store_true", help="do not filter silence")
     s.add_argument("--exclusive", action="store_true", help="run with no other job beside it")
+    s.add_argument("--diarize", action="store_true",
+                   help="who said what: a speaker on every segment and word (offline)")
+    s.add_argument("--speakers", type=int, metavar="N",
+                   help="with --diarize: the number of speakers, when known")
+    s.add_argument("--min-speakers", type=int, dest="min_speakers", metavar="N",
+                   help="with --diarize: at least N speakers")
+    s.add_argument("--max-speakers", type=int, dest="max_speakers", metavar="N",
+                   help="with --diarize: at most N speakers")
     s.add_argument("--then", action="append", metavar="HOOK",
                    help="run this named hook (hooks.named in the configuration) when the job "
                    "is done; repeatable")

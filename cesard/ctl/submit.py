@@ -37,7 +37,9 @@ from cesard.ctl.common import (
 
 # --- submit ------------------------------------------------------------------------
 
-FLAGS = {"model": "--model", "language": "--language", "task": "--task",
+FLAGS = {"speakers": "--speakers", "min_speakers": "--min-speakers",
+         "max_speakers": "--max-speakers", "diarize": "--diarize", "model": "--model",
+         "language": "--language", "task": "--task",
          "priority": "--priority", "beam_size": "--beam-size",
          "initial_prompt": "--initial-prompt", "formats": "--format", "then": "--then"}
 
@@ -82,6 +84,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         opts["vad_filter"] = False
     if args.exclusive:
         opts["exclusive"] = True
+    if args.diarize or args.speakers or args.min_speakers or args.max_speakers:
+        opts["diarize"] = True
+        for key in ("speakers", "min_speakers", "max_speakers"):
+            if getattr(args, key) is not None:
+                opts[key] = getattr(args, key)
     if args.then:
         opts["then"] = args.then
     try:

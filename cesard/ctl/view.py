@@ -271,6 +271,12 @@ def show_text(data: dict[str, Any]) -> str:
         rows.append(("finished", local_time(res["finished_at"])))
     if res.get("duration"):
         rows.append(("audio", f"{res['duration']:.1f} s, language {res.get('language')}"))
+    if res.get("speakers"):
+        rows.append(("speakers", ", ".join(
+            f"{str(sp['id']).replace('SPEAKER_', 'Speaker ')} {sp['talk_s']:.0f} s"
+            for sp in res["speakers"])))
+    if (res.get("diarization") or {}).get("error"):
+        rows.append(("speakers", f"diarization failed: {res['diarization']['error']}"))
     if res.get("language_fallback"):
         fb = res["language_fallback"]
         rows.append(("model", f"{fb['to']}: {fb['from']} knows only English and "

