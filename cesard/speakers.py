@@ -90,12 +90,23 @@ class Encoder:
         path = resources.files("cesard") / "data" / "ge2e.npz"
         with resources.as_file(path) as p, np.load(p) as z:
             w = {k: z[k].astype(np.float32) for k in z.files}
-        self.layers = [(w[f"lstm_weight_ih_l{i}"].T.copy(), w[f"lstm_weight_hh_l{i}"].T.copy(),
-                        w[f"lstm_bias_ih_l{i}"] + w[f"lstm_bias_hh_l{i}"]) for i in range(3)]
+        self.layers = [self._gates_ifog(w, i) for i in range(3)]
         self.linear = (w["linear_weight"].T.copy(), w["linear_bias"])
+
+    @staticmethod
+    def _gates_ifog(w: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, ...]:
+        """Layer ``i``'s weights, transposed, gates reordered from torch's (input,
+        forget, cell, output) to (input, forget, output, cell): one sigmoid over the
+        first three, one tanh over the last."""
+        n = w[f"lstm_weight_hh_l{i}"].shape[1]
+        order = np.r_[0:2 * n, 3 * n:4 * n, 2 * n:3 * n]
+        return (w[f"lstm_weight_ih_l{i}"][order].T.copy(),
+                w[f"lstm_weight_hh_l{i}"][order].T.copy(),
+                (w[f"lstm_bias_ih_l{i}"] + w[f"lstm_bias_hh_l{i}"])[order])
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         h = x
+        hid = np.zeros((len(x), 0), np.float32)
         for w_ih, w_hh, b in self.layers:
             b_, t_, _ = h.shape
             n = w_hh.shape[0]
@@ -103,21 +114,25 @@ class Encoder:
             hid = np.zeros((b_, n), np.float32)
             cell = np.zeros((b_, n), np.float32)
             outs = np.empty((b_, t_, n), np.float32)
+            g = np.empty((b_, 4 * n), np.float32)
             for t in range(t_):
-                g = pre[:, t] + hid @ w_hh
-                i, f = _sigmoid(g[:, :n]), _sigmoid(g[:, n:2 * n])
-                c_in, o = np.tanh(g[:, 2 * n:3 * n]), _sigmoid(g[:, 3 * n:])
-                cell = f * cell + i * c_in
-                hid = o * np.tanh(cell)
+                np.matmul(hid, w_hh, out=g)
+                g += pre[:, t]
+                sig = g[:, :3 * n]
+                np.multiply(sig, 0.5, out=sig)  # sigmoid(x) = (tanh(x/2) + 1) / 2
+                np.tanh(sig, out=sig)
+                sig += 1.0
+                sig *= 0.5
+                np.tanh(g[:, 3 * n:], out=g[:, 3 * n:])
+                cell *= g[:, n:2 * n]
+                cell += g[:, :n] * g[:, 3 * n:]
+                np.tanh(cell, out=hid)
+                hid *= g[:, 2 * n:3 * n]
                 outs[:, t] = hid
             h = outs
         raw = np.maximum(0.0, hid @ self.linear[0] + self.linear[1])
         norm = np.linalg.norm(raw, axis=1, keepdims=True)
         return np.asarray(raw / np.maximum(norm, 1e-9))
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.asarray(0.5 * (np.tanh(0.5 * x) + 1.0))  # no overflow for large |x|
 
 
 _ENCODER: Encoder | None = None
