@@ -206,7 +206,11 @@ def windows(samples: np.ndarray, spans: list[tuple[float, float]]
 
 def cluster(emb: np.ndarray, speakers: int | None, lo: int, hi: int) -> np.ndarray:
     """A speaker label per embedding (0, 1, … in order of first appearance)."""
-    from sklearn.cluster import AgglomerativeClustering
+    try:
+        from sklearn.cluster import AgglomerativeClustering
+    except ImportError:
+        raise DiarizationError("scikit-learn is not installed: install cesard with the "
+                               "diarize extra (pip install 'cesard[diarize]')") from None
 
     if len(emb) < 2:
         return np.zeros(len(emb), int)

@@ -92,3 +92,13 @@ def test_wyoming_client_transcribes_a_short_clip(real: tuple[Daemon, Gateway, st
     assert info.asr and info.asr[0].name == "cesard"
     assert "tiny.en" in [m.name for m in info.asr[0].models]
     assert "hello world" in text.lower(), text
+
+
+def test_diarize_over_http(real: tuple[Daemon, Gateway, str]) -> None:
+    pytest.importorskip("sklearn", reason="the diarize extra (scikit-learn) is not installed")
+    _, gw, token = real
+    v = sdk(gw, token).audio.transcriptions.create(
+        model="whisper-1", file=(FIXTURES / "meeting3.flac").open("rb"),
+        response_format="verbose_json", extra_body={"diarize": "true"})
+    got = {s.model_extra["speaker"] for s in v.segments or []}  # type: ignore[index]
+    assert got == {"SPEAKER_1", "SPEAKER_2", "SPEAKER_3"}, got

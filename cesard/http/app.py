@@ -32,7 +32,9 @@ FAILED_STATUS = {"UndecodableAudio": 415, "InvalidOption": 400, "InvalidJob": 40
                  "AudioTooLong": 413, "FileTooLarge": 413, "UnknownModel": 400}
 FIELDS = {"model": "model", "language": "language", "initial_prompt": "prompt",
           "formats": "response_format", "beam_size": "beam_size", "priority": "priority",
-          "word_timestamps": "timestamp_granularities[]", "task": "model"}
+          "word_timestamps": "timestamp_granularities[]", "task": "model",
+          "speakers": "speakers", "min_speakers": "min_speakers",
+          "max_speakers": "max_speakers"}
 
 
 class ApiError(Exception):
@@ -89,6 +91,14 @@ class Request_:
             opts["task"] = "translate"
         if self.words:
             opts["word_timestamps"] = True
+        if (f("diarize") or "").lower() in ("true", "1"):  # cesard's: who said what
+            opts["diarize"] = True
+        for key in ("speakers", "min_speakers", "max_speakers"):
+            value = f(key)
+            if value is not None:
+                if not value.isdigit():
+                    raise ApiError(400, f"{key} {value!r} is not a number", param=key)
+                opts[key] = int(value)
         if self.format in ("srt", "vtt"):
             opts["formats"] = [self.format]
         self.options = opts

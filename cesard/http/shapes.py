@@ -59,7 +59,8 @@ def verbose(result: dict[str, Any], words: bool, segments: bool = True) -> dict[
             {"id": i, "seek": 0, "start": s["start"], "end": s["end"], "text": s["text"],
              "tokens": [], "temperature": 0.0,
              "avg_logprob": (result.get("decoding") or {}).get("mean_logprob") or 0.0,
-             "compression_ratio": 0.0, "no_speech_prob": 0.0}
+             "compression_ratio": 0.0, "no_speech_prob": 0.0,
+             **({"speaker": s["speaker"]} if s.get("speaker") else {})}
             for i, s in enumerate(result.get("segments") or [])]
     if words:
         body["words"] = [{"word": w["word"].strip(), "start": w["start"], "end": w["end"]}
