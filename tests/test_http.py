@@ -286,3 +286,37 @@ def test_a_stalled_upload_is_given_up_and_leaves_nothing(
         wait_until(lambda: leftovers(d.spool) == [], 10, "tmp/ to be empty")
     finally:
         gw.stop()
+
+
+def test_a_large_upload_streams_to_disk_not_into_memory(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """60 MB through the gateway: its peak memory grows by far less than the upload."""
+    d = make_daemon(workers=1)
+    gw = Gateway(d, max_upload_mb=64)
+    alice = gw.token("alice")
+    d.start()
+    gw.start()
+
+    def peak_kib() -> int:
+        assert gw.proc is not None
+        for line in Path(f"/proc/{gw.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM")
+
+    try:
+        small, ctype = multipart({"model": "whisper-1"}, "s.wav", fake_script(text="warm"))
+        assert gw.call("POST", "/v1/audio/transcriptions", alice, small,
+                       {"Content-Type": ctype})[0] == 200
+        before = peak_kib()
+        data = fake_script(text="big") + b"\0" * (60 << 20)
+        body, ctype = multipart({"model": "whisper-1"}, "big.wav", data)
+        status, _, raw = gw.call("POST", "/v1/audio/transcriptions", alice,
+                                 iter([body[i:i + (1 << 20)] for i in range(0, len(body),
+                                                                            1 << 20)]),
+                                 {"Content-Type": ctype})
+        assert status == 200 and json.loads(raw)["text"] == "big", raw[:300]
+        grew = peak_kib() - before
+        assert grew < 20 * 1024, f"the gateway's peak memory grew by {grew} KiB"
+    finally:
+        gw.stop()
