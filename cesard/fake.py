@@ -80,6 +80,9 @@ class FakeEngine:
             err.type = re.sub(r"[^A-Za-z0-9_]", "", script["fail"]) or "FakeError"
             raise err
 
+    def last_samples(self, name: str) -> Any | None:
+        return None  # a script, not audio: nothing to diarize
+
     def prepare(self, audio: BinaryIO, name: str, options: JobOptions) -> tuple[Any, float]:
         """The script is the audio; ``fail`` fails here, as undecodable audio would."""
         script = self._script(audio, name, options)

@@ -223,9 +223,11 @@ class Worker:
         info: dict[str, Any] = {"model": speakers.MODEL, "speakers": None, "seconds": None,
                                 "error": None}
         try:
-            audio, _ = open_audio(msg["audio"], msg["name"])
-            with audio:
-                samples, _ = self.engine.prepare(audio, msg["name"], options)
+            samples = self.engine.last_samples(msg["name"])
+            if samples is None:  # (a fallback decoded another pass; or a resumed job)
+                audio, _ = open_audio(msg["audio"], msg["name"])
+                with audio:
+                    samples, _ = self.engine.prepare(audio, msg["name"], options)
             if not hasattr(samples, "dtype"):
                 raise speakers.DiarizationError("this engine gives no audio to diarize")
             lo, hi = options.min_speakers or 1, options.max_speakers or speakers.MAX_SPEAKERS
