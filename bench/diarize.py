@@ -52,7 +52,8 @@ def load(rel: str) -> np.ndarray:
     return np.asarray(decode_audio(str(SPEECH / rel), sampling_rate=16000))
 
 
-def assemble(rng: random.Random, overlap: bool) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
+def assemble(rng: random.Random,
+             overlap: bool) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
     n = rng.choice([2, 2, 3, 3, 4])
     who = ["lj", "cards", *rng.sample(["home", "speaches"], k=max(0, n - 2))]
     turns = rng.randint(6, 10)

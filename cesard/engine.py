@@ -343,11 +343,10 @@ class WhisperEngine:
                 yield clip, None
                 continue
             warning = None
+            confidence = clip.rec.get("confidence")
             if options.language is None:
                 warning = self.language_check(jobmod.display_name(clip.name or clip.id),
-                                              options.model,
-                                              clip.samples, clip.rec.get("confidence"))
-            confidence = clip.rec.get("confidence")
+                                              options.model, clip.samples, confidence)
             yield clip, {
                 "language_warning": warning,
                 "text": " ".join(s["text"] for s in segments).strip(),

@@ -82,7 +82,7 @@ class Metrics:
             if rtf is not None:
                 self.rtf.observe(rtf)
 
-    def render(self, queue: dict[str, int], running: int, spool: str,
+    def render(self, queue: dict[str, int], running: int,
                workers: list[dict[str, Any]] | None = None) -> str:
         for state, n in queue.items():
             self.queue.labels(self.spool, state).set(n)

@@ -12,9 +12,7 @@ segment) gets the speaker of the windows around its middle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
 import numpy as np
 
@@ -28,13 +26,6 @@ MODEL = "ge2e (Resemblyzer 0.1.4 weights)"
 # linkage), when the number of speakers is not given: measured on joined real speech
 # (bench/diarize.py).
 THRESHOLD = 0.35
-
-
-@dataclass(frozen=True)
-class Turn:
-    start: float
-    end: float
-    speaker: int
 
 
 class DiarizationError(Exception):
@@ -145,32 +136,14 @@ def encoder() -> Encoder:
     return _ENCODER
 
 
-def voice_spans(samples: np.ndarray) -> list[tuple[float, float]] | None:
+def voice_spans(samples: np.ndarray) -> list[tuple[float, float]]:
     """Where there is speech, by Silero VAD (faster-whisper's, offline): stretches split
-    at pauses of 0.3 s or more, padded by 0.1 s; None without faster-whisper."""
-    try:
-        from faster_whisper.vad import VadOptions, get_speech_timestamps
-    except ImportError:
-        return None
+    at pauses of 0.3 s or more, padded by 0.1 s."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
     chunks = get_speech_timestamps(samples, VadOptions(min_silence_duration_ms=300,
                                                        speech_pad_ms=100))
     return [(c["start"] / RATE, c["end"] / RATE) for c in chunks]
-
-
-def speech_spans(segments: list[dict[str, Any]]) -> list[tuple[float, float]]:
-    """Where there is speech: the transcript's words (or segments), merged."""
-    spans: list[tuple[float, float]] = []
-    for s in segments:
-        items = s.get("words") or [s]
-        for w in items:
-            a, b = float(w["start"]), float(w["end"])
-            if b <= a:
-                continue
-            if spans and a - spans[-1][1] < 0.3:
-                spans[-1] = (spans[-1][0], max(b, spans[-1][1]))
-            else:
-                spans.append((a, b))
-    return spans
 
 
 def windows(samples: np.ndarray, spans: list[tuple[float, float]]
@@ -261,12 +234,10 @@ def smooth(labels: np.ndarray, stretch: np.ndarray, width: int = 5) -> np.ndarra
     return out
 
 
-def diarize(samples: np.ndarray, segments: list[dict[str, Any]], speakers: int | None = None,
-            min_speakers: int = 1, max_speakers: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def diarize(samples: np.ndarray, speakers: int | None = None, min_speakers: int = 1,
+            max_speakers: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(window centres in seconds, a speaker per window) for ``samples`` at 16 kHz."""
     spans = voice_spans(samples)
-    if spans is None:
-        spans = speech_spans(segments)
     if not spans:
         return np.zeros(0), np.zeros(0, int)
     batch, centres, stretch = windows(samples, spans)

@@ -166,8 +166,7 @@ class Publisher:
             self._write_metrics(st, metrics_textfile)
 
     def _write_metrics(self, st: dict[str, Any], path: str) -> None:
-        text = self.metrics.render(st["queue"], len(st["running"]), str(self.spool.root),
-                                   st["workers"])
+        text = self.metrics.render(st["queue"], len(st["running"]), st["workers"])
         try:
             write_textfile(path, text)
             self.metrics_error_logged = False

@@ -33,24 +33,25 @@ def apply(segments: list[dict[str, Any]], centres: np.ndarray,
                 else None
             out.append(dict(seg, speaker=sp))
             continue
-        run: list[dict[str, Any]] = []
+        runs: list[list[dict[str, Any]]] = []
         for w in words:
             w = dict(w, speaker=name(speaker_at(centres, labels, float(w["start"]),
                                                 float(w["end"]))))
-            if run and run[-1]["speaker"] != w["speaker"]:
-                out.append(_piece(seg, run, real))
-                run = []
-            run.append(w)
-        out.append(_piece(seg, run, real))
+            if runs and runs[-1][-1]["speaker"] == w["speaker"]:
+                runs[-1].append(w)
+            else:
+                runs.append([w])
+        if len(runs) == 1 and not real:  # not split: its text exactly as it was
+            out.append(dict(seg, speaker=runs[0][0]["speaker"]))
+            continue
+        out += [_piece(seg, run, real) for run in runs]
     return out
 
 
 def _piece(seg: dict[str, Any], words: list[dict[str, Any]], real: bool) -> dict[str, Any]:
-    text = "".join(str(w["word"]) for w in words).strip() if real or len(words) else ""
-    if not real and len(words) == len(tokens(seg)):
-        text = str(seg.get("text") or "").strip()  # not split: its text as it was
     return dict(seg, start=round(float(words[0]["start"]), 3),
-                end=round(float(words[-1]["end"]), 3), text=text,
+                end=round(float(words[-1]["end"]), 3),
+                text="".join(str(w["word"]) for w in words).strip(),
                 words=words if real else None, speaker=words[0]["speaker"])
 
 

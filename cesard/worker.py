@@ -114,7 +114,8 @@ def _open_audio(path: str, shown: str) -> tuple[BinaryIO, dict[str, Any]]:
 
 def fallback_reason(transcript: dict[str, Any], fallback: Any) -> dict[str, Any] | None:
     """The language warning that sends a job to its fallback model: the English-only
-    model was unsure and the multilingual one heard another language (at p >= 0.5)."""
+    model was unsure and the multilingual one heard another language (at p >=
+    FALLBACK_PROBABILITY)."""
     w = transcript.get("language_warning") or {}
     if not fallback or not w.get("detected") or w["detected"] == "en" or \
             (w.get("probability") or 0) < FALLBACK_PROBABILITY:
@@ -224,15 +225,15 @@ class Worker:
                                 "error": None}
         try:
             samples = self.engine.last_samples(msg["name"])
-            if samples is None:  # (a fallback decoded another pass; or a resumed job)
+            if samples is None:  # an engine that keeps none (the fake one) decodes again
                 audio, _ = open_audio(msg["audio"], msg["name"])
                 with audio:
                     samples, _ = self.engine.prepare(audio, msg["name"], options)
             if not hasattr(samples, "dtype"):
                 raise speakers.DiarizationError("this engine gives no audio to diarize")
             lo, hi = options.min_speakers or 1, options.max_speakers or speakers.MAX_SPEAKERS
-            centres, labels = speakers.diarize(samples, transcript.get("segments") or [],
-                                               options.speakers, min(lo, hi), max(lo, hi))
+            centres, labels = speakers.diarize(samples, options.speakers, min(lo, hi),
+                                               max(lo, hi))
             segments = turns.apply(transcript.get("segments") or [], centres, labels)
             talk = turns.talk_times(segments)
             transcript = dict(transcript, segments=segments, speakers=talk)

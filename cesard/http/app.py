@@ -51,10 +51,7 @@ class Request_:
     def __init__(self, fields: upload.Upload, task: str, served: list[str],
                  default_model: str) -> None:
         f = fields.one
-        self.format = f("response_format") or "json"
-        if self.format not in shapes.FORMATS:
-            raise ApiError(400, f"response_format {self.format!r} is not one of "
-                           f"{', '.join(shapes.FORMATS)}", param="response_format")
+        self.format = response_format(f("response_format") or "json")
         grains = fields.fields.get("timestamp_granularities[]", []) + \
             fields.fields.get("timestamp_granularities", [])
         for g in grains:
@@ -102,6 +99,14 @@ class Request_:
         if self.format in ("srt", "vtt"):
             opts["formats"] = [self.format]
         self.options = opts
+
+
+def response_format(fmt: str) -> str:
+    """``fmt`` if OpenAI has it, else a 400 naming the field."""
+    if fmt not in shapes.FORMATS:
+        raise ApiError(400, f"response_format {fmt!r} is not one of "
+                       f"{', '.join(shapes.FORMATS)}", param="response_format")
+    return fmt
 
 
 def client_of(tokens: Tokens, request: Request) -> Client:
@@ -328,10 +333,7 @@ def create_app(cfg: configmod.Config, tokens: Tokens, outbox: Outbox | None = No
     @app.get("/v1/jobs/{job_id}")
     async def get_job(request: Request, job_id: str) -> Response:
         client, found = await mine(request, job_id)
-        fmt = request.query_params.get("response_format", "json")
-        if fmt not in shapes.FORMATS:
-            raise ApiError(400, f"response_format {fmt!r} is not one of "
-                           f"{', '.join(shapes.FORMATS)}", param="response_format")
+        fmt = response_format(request.query_params.get("response_format", "json"))
         body: dict[str, Any] = {"id": job_id, "object": "transcription.job"}
         result = await run_in_threadpool(gw.result, found)
         if result is None:
