@@ -101,6 +101,23 @@ class Request_:
         self.options = opts
 
 
+DRAIN_BYTES = 64 << 20  # of a refused upload, read and dropped before the 413
+
+
+async def drain(request: Request) -> None:
+    """Read and drop what is left of a refused upload (up to DRAIN_BYTES), so that the
+    client, still sending, reads the 413 instead of a broken pipe; past that the
+    connection is closed on it."""
+    dropped = 0
+    try:
+        async for chunk in request.stream():
+            dropped += len(chunk)
+            if dropped > DRAIN_BYTES:
+                return
+    except Exception:  # noqa: BLE001 - the client went away: nothing to tell it
+        return
+
+
 def response_format(fmt: str) -> str:
     """``fmt`` if OpenAI has it, else a 400 naming the field."""
     if fmt not in shapes.FORMATS:
@@ -165,6 +182,7 @@ def create_app(cfg: configmod.Config, tokens: Tokens, outbox: Outbox | None = No
                                "to finish", kind="rate_limit_error", code="too_many_jobs")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit + (1 << 20):
+            await drain(request)
             raise ApiError(413, f"the upload is {int(declared)} bytes, over max_upload_mb "
                            f"({http['max_upload_mb']} MB)", code="file_too_large")
         job_id, build = await run_in_threadpool(gw.upload_dir)
@@ -198,6 +216,7 @@ def create_app(cfg: configmod.Config, tokens: Tokens, outbox: Outbox | None = No
                 raise
         except upload.TooLarge:
             await run_in_threadpool(gw.discard, build)
+            await drain(request)
             raise ApiError(413, f"the upload is over max_upload_mb ({http['max_upload_mb']} "
                            "MB)", code="file_too_large") from None
         except upload.Stalled:
