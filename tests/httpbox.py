@@ -111,8 +111,9 @@ def multipart(fields: dict[str, str], filename: str, data: bytes) -> tuple[bytes
 class Receiver:
     """A local HTTP server that records the callbacks it gets."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_first: int = 0) -> None:
         self.got: list[tuple[dict[str, str], bytes]] = []
+        self.fail_first = fail_first  # answer 503 to this many posts first
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -120,7 +121,7 @@ class Receiver:
                 n = int(self.headers.get("Content-Length", "0"))
                 outer.got.append(({k.lower(): v for k, v in self.headers.items()},
                                   self.rfile.read(n)))
-                self.send_response(200)
+                self.send_response(503 if len(outer.got) <= outer.fail_first else 200)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:

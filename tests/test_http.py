@@ -320,3 +320,67 @@ def test_a_large_upload_streams_to_disk_not_into_memory(
         assert grew < 20 * 1024, f"the gateway's peak memory grew by {grew} KiB"
     finally:
         gw.stop()
+
+
+def test_a_bad_http_section_is_refused_naming_the_key(make_daemon: Callable[..., Daemon]) -> None:
+    """cesard and cesard-http refuse a wrong http: key with exit 78, naming it."""
+    import subprocess
+
+    from helpers import BIN
+
+    d = make_daemon()
+    for http, says in (({"listen": "localhost"}, "http.listen"),
+                       ({"max_upload_mb": -1}, "http.max_upload_mb"),
+                       ({"callback_allow": "10.0.0.0/8"}, "http.callback_allow"),
+                       ({"listne": "127.0.0.1:1"}, "'listne'")):
+        d.config["http"] = http
+        d.write_config()
+        for prog in ("cesard", "cesard-http"):
+            r = subprocess.run([str(BIN / prog), "--config", str(d.config_path), "--spool",
+                                str(d.spool), *(["--check-config"] if prog == "cesard"
+                                                else [])],
+                               capture_output=True, text=True, env=d.env, timeout=60)
+            assert r.returncode == 78 and says in r.stderr, (prog, http, r.stderr)
+
+
+def test_a_failing_callback_is_retried_with_backoff_until_delivered(
+        box: tuple[Daemon, Gateway, str, str]) -> None:
+    d, gw, alice, _ = box
+    rx = Receiver(fail_first=2)
+    try:
+        body, ctype = multipart({"callback_url": rx.url}, "r.wav", fake_script(text="again"))
+        status, _, raw = gw.call("POST", "/v1/jobs", alice, body, {"Content-Type": ctype})
+        job = json.loads(raw)["id"]
+        wait_until(lambda: (gw.json("GET", f"/v1/jobs/{job}", alice)[1].get("callback") or {})
+                   .get("state") == "delivered", 30, "the third attempt to succeed")
+        cb = gw.json("GET", f"/v1/jobs/{job}", alice)[1]["callback"]
+        assert cb["attempts"] == 3 and cb["last_error"] is None, cb
+        assert len(rx.got) == 3
+        first, last = (float(h["x-cesar-timestamp"]) for h, _ in (rx.got[0], rx.got[2]))
+        assert last - first >= 2, "retried after 1 s, then 2 s"
+    finally:
+        rx.close()
+
+
+def test_records_of_pruned_jobs_are_forgotten_young_ones_kept(tmp_path: Path) -> None:
+    import os
+    import time as _time
+
+    from cesard import config as configmod
+    from cesard.http.gateway import Gateway as SpoolSide
+    from cesard.spool import Spool
+
+    Spool(tmp_path / "spool").create()
+    cfg = configmod.parse({"spool": str(tmp_path / "spool"),
+                           "http": {"state_dir": str(tmp_path / "state")}}, "test")
+    gw = SpoolSide(cfg)
+    mine = tmp_path / "state" / "jobs" / "app"
+    mine.mkdir(parents=True)
+    for name in ("pruned", "uploading", "queued"):
+        (mine / name).write_bytes(b"")
+    (tmp_path / "spool" / "incoming" / "queued").mkdir()
+    old = _time.time() - 7200
+    for name in ("pruned", "queued"):
+        os.utime(mine / name, (old, old))
+    assert gw.sweep(_time.time()) == 1
+    assert sorted(os.listdir(mine)) == ["queued", "uploading"]

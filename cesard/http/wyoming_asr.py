@@ -60,7 +60,7 @@ class Handler(AsyncEventHandler):
         return True
 
     def info(self) -> Info:
-        attribution = Attribution(name="cesard", url="https://github.com/")
+        attribution = Attribution(name="cesard", url="")  # no page outside the box
         models = [AsrModel(name=m, attribution=attribution, installed=True,
                            description=f"cesard model {m}", version=None,
                            languages=["en"] if m.endswith(".en") else sorted(LANGUAGES))
